@@ -1,0 +1,57 @@
+"""What run.py and tune.py share: config assembly, exit codes, Ray start-up."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from trainers.config import ConfigError, TrainerConfig, build_config, load_yaml_config, overrides_from_sets
+from trainers.registry import AlgorithmSpec, get_algorithm
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def assemble_config(algorithm: str, config_file: str | None, sets: list[str]) -> tuple[AlgorithmSpec, TrainerConfig]:
+    """Defaults < YAML file < --set pairs, validated; raises ConfigError/UnknownAlgorithm."""
+    spec = get_algorithm(algorithm)
+    values = load_yaml_config(config_file) if config_file else {}
+    values.update(overrides_from_sets(sets or []))
+    config = build_config(spec.config_class, values)
+    config.check_files()
+    return spec, config
+
+
+def start_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join a running cluster (--address / RAY_ADDRESS) or start Ray in this process.
+
+    A local Ray binds its dashboard to 127.0.0.1 and keeps token authentication on
+    (RAY_AUTH_MODE); the dashboard must stay on so that Ray Train's placement-group cleaner can
+    free each Tune trial's resources.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=True)
+
+
+def config_error_types() -> tuple[type[Exception], ...]:
+    from trainers.registry import UnknownAlgorithm
+
+    return (ConfigError, UnknownAlgorithm)
+
+
+def resolve_storage(storage: str) -> Path:
+    path = Path(storage).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path

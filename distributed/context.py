@@ -1,0 +1,118 @@
+"""The Ray side of the context seam (trainers/context.py has the in-process twin).
+
+RayTrainContext runs inside a TorchTrainer worker: rank, world size and device come from Ray
+Train, `report` goes to `ray.train.report` with a Checkpoint (rank 0 writes it), DDP wrapping
+through `ray.train.torch.prepare_model`, metrics averaged over ranks with one all-reduce.
+RayTuneContext runs a one-worker trainer directly inside a Tune trial (no TorchTrainer start-up).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.tune
+import torch
+import torch.distributed as dist
+
+from trainers.checkpoint import STATE_FILE, CheckpointError, load_checkpoint, save_atomic
+from trainers.run_logger import RunLogger
+
+
+def _load_ray_checkpoint(checkpoint, algorithm: str) -> dict[str, Any] | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_checkpoint(Path(folder), algorithm)["trainer"]
+
+
+class _LoggingMixin:
+    logger: RunLogger | None = None
+
+    def log_figure(self, tag: str, figure: Any, iteration: int) -> None:
+        if self.logger is not None:
+            self.logger.log_figure(tag, figure, iteration)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+
+class RayTrainContext(_LoggingMixin):
+    def __init__(self, algorithm: str, config: dict[str, Any], run_dir: str, run_name: str,
+                 use_wandb: bool = False, max_iterations: int | None = None):
+        train_context = ray.train.get_context()
+        self.algorithm = algorithm
+        self.rank = train_context.get_world_rank()
+        self.world_size = train_context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        # rank 0 alone writes TensorBoard, figures and W&B (V2 writes no TensorBoard itself)
+        self.output_dir = Path(run_dir) if self.rank == 0 else None
+        if self.rank == 0:
+            # through logging: Train V2 sends a worker's stdout to the console twice
+            self.logger = RunLogger(run_dir, config, run_name, use_wandb=use_wandb,
+                                    echo=logging.getLogger("trainyard").info, max_iterations=max_iterations)
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics(metrics)
+        if state is None or self.rank != 0:
+            ray.train.report(metrics)  # every rank reports; only rank 0 carries the checkpoint
+            return
+        with tempfile.TemporaryDirectory(prefix="trainyard-ckpt-") as folder:
+            save_atomic(state, Path(folder) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def latest_state(self) -> dict[str, Any] | None:
+        return _load_ray_checkpoint(ray.train.get_checkpoint(), self.algorithm)
+
+    def prepare_model(self, model: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp_kwargs or None)
+
+    def average(self, values: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1 or not dist.is_initialized():
+            return dict(values)
+        keys = sorted(k for k, v in values.items() if isinstance(v, (int, float)))
+        tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        tensor /= self.world_size
+        return {**values, **dict(zip(keys, tensor.tolist()))}
+
+
+class RayTuneContext(_LoggingMixin):
+    """A one-worker trainer inside a Tune trial: no TorchTrainer, Tune's own report/checkpoint."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, algorithm: str, config: dict[str, Any], use_wandb: bool = False):
+        self.algorithm = algorithm
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        trial_dir = ray.tune.get_context().get_trial_dir()
+        self.output_dir = Path(trial_dir) if trial_dir else None
+        # Tune writes TensorBoard scalars for every trial itself; we add figures only
+        if self.output_dir is not None:
+            self.logger = RunLogger(self.output_dir, config, ray.tune.get_context().get_trial_name(),
+                                    use_wandb=use_wandb, echo=False)
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if state is None:
+            ray.tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="trainyard-ckpt-") as folder:
+            save_atomic(state, Path(folder) / STATE_FILE)
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+
+    def latest_state(self) -> dict[str, Any] | None:
+        return _load_ray_checkpoint(ray.tune.get_checkpoint(), self.algorithm)
+
+    def prepare_model(self, model: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def average(self, values: dict[str, float]) -> dict[str, float]:
+        return dict(values)
+
+
+__all__ = ["RayTrainContext", "RayTuneContext", "CheckpointError"]

@@ -1,0 +1,56 @@
+"""Build the TorchTrainer for one run of one algorithm."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from distributed.resources import WorkerPlan
+from distributed.worker import train_loop_per_worker
+from trainers.config import TrainerConfig
+
+FORWARDED_ENV_PREFIXES = ("TRAINYARD_", "WANDB_")
+
+
+def worker_env_vars() -> dict[str, str]:
+    """Environment the workers need on a cluster (locally they inherit it anyway)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
+def build_torch_trainer(algorithm: str, config: TrainerConfig, plan: WorkerPlan, storage: Path,
+                        run_name: str, *, use_wandb: bool = False, keep_checkpoints: int = 2,
+                        max_failures: int = 2, callbacks: list[Any] | None = None,
+                        resume_from: Any = None) -> TorchTrainer:
+    resources = {"CPU": plan.cpus_per_worker}
+    if plan.gpus_per_worker > 0:
+        resources["GPU"] = plan.gpus_per_worker
+    loop_config = {
+        "algorithm": algorithm,
+        "config": config.model_dump(),
+        "run_dir": str(Path(storage) / run_name),
+        "run_name": run_name,
+        "use_wandb": use_wandb,
+    }
+    run_config = RunConfig(
+        name=run_name,
+        storage_path=str(storage),
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=keep_checkpoints,
+            checkpoint_score_attribute=config.metric,
+            checkpoint_score_order=config.mode,
+        ),
+        callbacks=callbacks or [],
+        worker_runtime_env={"env_vars": worker_env_vars()},
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=plan.workers, use_gpu=plan.gpus_per_worker > 0,
+                                     resources_per_worker=resources),
+        run_config=run_config,
+        resume_from_checkpoint=resume_from,
+    )

@@ -1,0 +1,139 @@
+"""Build the Ray Tune search for one algorithm, with resources planned so it cannot deadlock.
+
+Two kinds of trial:
+- inline: a trial that needs one worker runs the trainer in the trial's own process through
+  RayTuneContext (`ray.tune.report`), so small trials are not mostly TorchTrainer start-up;
+- train: the V2 way for multi-worker trials: a function trainable (holding 0.01 CPU) launches a
+  TorchTrainer with TuneReportCallback and a stable per-trial run name, so that a restarted
+  trial resumes its Train run.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.tune as tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+from distributed.resources import ResourceError, WorkerPlan, plan_workers
+from distributed.worker import tune_trial
+from trainers.config import TrainerConfig
+
+DRIVER_CPU = 0.01  # a Tune-over-Train trial's own process does no heavy work
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    mode: str                  # "inline" or "train"
+    concurrency: int
+    trial_resources: dict[str, float]
+    workers: WorkerPlan | None  # for "train" trials
+
+
+def plan_trials(workers_per_trial: int, gpus_per_worker: float, cpus: float, gpus: float,
+                max_concurrent: int | None, trial_mode: str = "auto") -> TrialPlan:
+    """Resources per trial and how many run at once, from what the cluster really has."""
+    if trial_mode not in ("auto", "inline", "train"):
+        raise ValueError(f"trial mode must be auto, inline or train, got {trial_mode!r}")
+    if trial_mode == "inline" and workers_per_trial > 1:
+        raise ResourceError("--trial-mode inline runs one worker per trial; use --trial-mode train for more")
+    mode = "inline" if trial_mode == "inline" or (trial_mode == "auto" and workers_per_trial == 1) else "train"
+    if mode == "inline":
+        cpu = min(1.0, cpus)
+        if gpus_per_worker > gpus + 1e-9:
+            raise ResourceError(f"a trial needs {gpus_per_worker:g} GPU; the cluster has {gpus:g}")
+        fit = min(math.floor(cpus / cpu + 1e-9),
+                  math.floor(gpus / gpus_per_worker + 1e-9) if gpus_per_worker else 10**6)
+        resources = {"CPU": cpu, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+        return TrialPlan("inline", _concurrency(fit, max_concurrent), resources, None)
+    # train trials: the driver's sliver plus the workers, never more than the cluster holds
+    per_trial_cpu = DRIVER_CPU + workers_per_trial
+    fit = max(1, math.floor(cpus / per_trial_cpu + 1e-9))
+    if gpus_per_worker:
+        fit = min(fit, math.floor(gpus / (gpus_per_worker * workers_per_trial) + 1e-9))
+        if fit < 1:
+            raise ResourceError(f"a trial needs {workers_per_trial * gpus_per_worker:g} GPUs; the cluster has {gpus:g}")
+    concurrency = _concurrency(fit, max_concurrent)
+    share = (cpus - concurrency * DRIVER_CPU) / concurrency
+    workers = plan_workers(workers_per_trial, gpus_per_worker, share, gpus / concurrency)
+    return TrialPlan("train", concurrency, {"CPU": DRIVER_CPU}, workers)
+
+
+def _concurrency(fit: int, max_concurrent: int | None) -> int:
+    return max(1, min(fit, max_concurrent) if max_concurrent else fit)
+
+
+def make_scheduler(name: str, metric_budget: int, space: dict[str, Any]):
+    if name == "fifo":
+        return FIFOScheduler()
+    if name == "asha":
+        return ASHAScheduler(time_attr="training_iteration", max_t=metric_budget,
+                             grace_period=max(1, metric_budget // 8), reduction_factor=2)
+    if name == "pbt":
+        mutations = {k: v for k, v in space.items() if isinstance(v, tune.search.sample.Float)}
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=2,
+                                       hyperparam_mutations=mutations or {"lr": space["lr"]})
+    raise ValueError(f"unknown scheduler {name!r}; choose asha, pbt or fifo")
+
+
+def make_search(name: str, metric: str, mode: str):
+    if name == "random":
+        return None  # Tune's BasicVariantGenerator
+    if name == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric=metric, mode=mode)
+    raise ValueError(f"unknown search {name!r}; choose random or optuna")
+
+
+def train_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
+                config_class: type[TrainerConfig], workers: WorkerPlan, storage: str,
+                use_wandb: bool) -> None:
+    """A Tune trial that launches a TorchTrainer (Tune over Train, the Ray 2.60 way)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from distributed.train import build_torch_trainer
+
+    config = config_class(**{**base_config, **trial_config})
+    trial_id = tune.get_context().get_trial_id()
+    trainer = build_torch_trainer(algorithm, config, workers, Path(storage), f"train-trial_id={trial_id}",
+                                  use_wandb=use_wandb, callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def inline_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
+                 use_wandb: bool) -> None:
+    tune_trial({"algorithm": algorithm, "base_config": base_config, "params": trial_config,
+                "use_wandb": use_wandb})
+
+
+def build_trainable(plan: TrialPlan, algorithm: str, base_config: dict[str, Any],
+                    config_class: type[TrainerConfig], storage: Path, use_wandb: bool):
+    if plan.mode == "inline":
+        function = tune.with_parameters(inline_trial, algorithm=algorithm, base_config=base_config,
+                                        use_wandb=use_wandb)
+    else:
+        function = tune.with_parameters(train_trial, algorithm=algorithm, base_config=base_config,
+                                        config_class=config_class, workers=plan.workers,
+                                        storage=str(storage / "train_runs"), use_wandb=use_wandb)
+    return tune.with_resources(function, plan.trial_resources)
+
+
+def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, scheduler, search,
+                num_samples: int, concurrency: int, storage: Path, name: str, use_wandb: bool,
+                max_failures: int = 1) -> tune.Tuner:
+    callbacks = []
+    if use_wandb:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        callbacks.append(WandbLoggerCallback(project="trainyard", group=name, upload_timeout=60))
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search,
+                                    num_samples=num_samples, max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
+    )

@@ -1,0 +1,148 @@
+"""One training run of one algorithm through Ray Train's TorchTrainer.
+
+    python run.py --algorithm gat-advanced [--config FILE.yaml] [--set key=value ...]
+        [--workers N] [--gpus-per-worker G] [--storage DIR] [--resume] [--address ADDR] [--wandb]
+
+Exit codes: 0 done, 1 training failed, 2 bad input (message names the field).
+On a cluster: ray submit cluster.yaml run.py -- --algorithm NAME
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from cli_common import (EXIT_FAILED, EXIT_OK, assemble_config, config_error_types, fail,
+                        resolve_storage, start_ray)
+from trainers.checkpoint import CheckpointError, load_checkpoint
+from trainers.registry import ALGORITHMS
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="algorithms: " + ", ".join(ALGORITHMS))
+    parser.add_argument("--algorithm", required=True, help="one of: " + ", ".join(ALGORITHMS))
+    parser.add_argument("--config", help="YAML file of config keys")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (repeatable); the value is read as YAML")
+    parser.add_argument("--workers", type=int, default=1, help="TorchTrainer workers (DDP when > 1)")
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--storage", default="results", help="where runs, checkpoints and logs go")
+    parser.add_argument("--name", help="run name (default: ALGORITHM_TIMESTAMP)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the latest run of this algorithm in --storage (or --name)")
+    parser.add_argument("--from-checkpoint", metavar="PATH",
+                        help="start from a checkpoint folder or state.pt of the same algorithm")
+    parser.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default RAY_ADDRESS or a local Ray")
+    parser.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
+    parser.add_argument("--keep-checkpoints", type=int, default=2, help="best K checkpoints kept (the latest always)")
+    parser.add_argument("--wandb", action="store_true", help="log to W&B (offline unless WANDB_API_KEY is set)")
+    args = parser.parse_args(argv)
+    for flag, value, low in (("--workers", args.workers, 1), ("--max-failures", args.max_failures, 0),
+                             ("--keep-checkpoints", args.keep_checkpoints, 1)):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    if args.gpus_per_worker < 0:
+        parser.error(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker:g}")
+    return args
+
+
+def latest_run_name(storage: Path, algorithm: str) -> str | None:
+    runs = [p for p in storage.glob(f"{algorithm}_*") if (p / "checkpoint_manager_snapshot.json").exists()]
+    return max(runs, key=lambda p: p.stat().st_mtime).name if runs else None
+
+
+def choose_run_name(args: argparse.Namespace, storage: Path) -> str:
+    if args.name:
+        return args.name
+    if args.resume:
+        name = latest_run_name(storage, args.algorithm)
+        if name is None:
+            raise ValueError(f"--resume: no earlier run of {args.algorithm} with a checkpoint in {storage}")
+        return name
+    return f"{args.algorithm}_{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def print_summary(result, run_dir: Path, seconds: float, metric: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = result.metrics or {}
+    table = Table(title=f"{run_dir.name}: finished in {seconds:.1f} s", show_header=True)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for key in sorted(metrics):
+        value = metrics[key]
+        if isinstance(value, float):
+            table.add_row(key + ("  <- metric" if key == metric else ""), f"{value:.5g}")
+    table.add_row("best iteration", str(int(metrics.get("best_iteration", 0))))
+    table.add_row("wall time (s)", f"{seconds:.1f}")
+    table.add_row("checkpoint (latest)", result.checkpoint.path if result.checkpoint else "none")
+    best = getattr(result, "best_checkpoints", None) or []
+    if best:
+        table.add_row("best checkpoints", ", ".join(Path(c.path).name for c, _ in best))
+    table.add_row("TensorBoard", f"tensorboard --logdir {run_dir / 'tensorboard'}")
+    table.add_row("figures", str(run_dir / "figures"))
+    Console(width=140).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from distributed.resources import ResourceError, check_local_gpus, cluster_totals, plan_workers
+
+    try:
+        spec, config = assemble_config(args.algorithm, args.config, args.set)
+        if not (args.address or _ray_address_set()):
+            check_local_gpus(args.gpus_per_worker)
+        initial = None
+        if args.from_checkpoint:
+            load_checkpoint(args.from_checkpoint, spec.name)  # checked here, at the edge
+            initial = args.from_checkpoint
+        storage = resolve_storage(args.storage)
+        run_name = choose_run_name(args, storage)
+    except config_error_types() + (ResourceError, CheckpointError, ValueError) as error:
+        return fail(str(error))
+
+    start_ray(args.address)
+    try:
+        cpus, gpus = cluster_totals()
+        plan = plan_workers(args.workers, args.gpus_per_worker, cpus, gpus)
+    except ResourceError as error:
+        return fail(str(error))
+
+    from ray.train import Checkpoint, TrainingFailedError
+
+    from distributed.train import build_torch_trainer
+
+    trainer = build_torch_trainer(
+        spec.name, config, plan, storage, run_name, use_wandb=args.wandb,
+        keep_checkpoints=args.keep_checkpoints, max_failures=args.max_failures,
+        resume_from=Checkpoint.from_directory(str(_checkpoint_folder(initial))) if initial else None,
+    )
+    print(f"run {run_name}: {spec.name}, {plan.workers} worker(s) x {plan.cpus_per_worker:g} CPU"
+          f"{f' + {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''}, storage {storage}", flush=True)
+    started = time.perf_counter()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as error:
+        return fail(f"training failed: {str(error).strip().splitlines()[0]}", EXIT_FAILED)
+    print_summary(result, storage / run_name, time.perf_counter() - started, config.metric)
+    return EXIT_OK
+
+
+def _ray_address_set() -> bool:
+    import os
+
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
+def _checkpoint_folder(path: str) -> Path:
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Search space of `gat-simple`: early stopping here watches the training loss."""
+from ray import tune
+
+MAX_ITERATIONS = 10
+
+
+def space() -> dict:
+    return {
+        "lr": tune.loguniform(1e-3, 3e-2),
+        "patience": tune.choice([2, 4]),
+        "schedule": tune.choice(["none", "cosine", "step"]),
+        "embedding_dim": tune.choice([32, 64]),
+        "dropout": tune.uniform(0.0, 0.3),
+        "weight_decay": tune.loguniform(1e-6, 1e-3),
+    }

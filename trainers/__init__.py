@@ -1,0 +1,1 @@
+"""trainyard's algorithms: plain PyTorch, no Ray (Ray lives in distributed/)."""

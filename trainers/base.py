@@ -1,0 +1,326 @@
+"""The one iteration loop every algorithm shares, and its small parts.
+
+An algorithm subclasses `Trainer` and fills in `setup`, `step` and `evaluate` (and, where it has
+held-out data, `final_metrics`). `Trainer.fit` owns the loop: hooks, step, evaluate, report,
+learning-rate schedule, early stopping, best-state tracking and restore. No Ray here: the trainer
+talks to the outside world through a `Context` (LocalContext in-process, the Ray contexts in
+distributed/).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from trainers.config import TrainerConfig
+
+
+class Context(Protocol):
+    """What a trainer may ask of where it runs."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    output_dir: Any  # pathlib.Path for figures and logs (rank 0 writes), or None
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
+    def latest_state(self) -> dict[str, Any] | None: ...
+    def prepare_model(self, model: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module: ...
+    def average(self, values: dict[str, float]) -> dict[str, float]: ...
+    def log_figure(self, tag: str, figure: Any, iteration: int) -> None: ...
+
+
+@dataclass
+class TrainingResult:
+    metrics: dict[str, float]          # metrics of the last iteration
+    best_metrics: dict[str, float]     # metrics of the best iteration
+    final_metrics: dict[str, float]    # held-out metrics computed on the best state
+    best_iteration: int
+    iterations: int
+    stopped_early: bool
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class EarlyStopping:
+    """Patience on one metric; `patience == 0` never stops. Remembers the best value seen."""
+
+    def __init__(self, mode: str, patience: int, min_delta: float = 0.0):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.mode, self.patience, self.min_delta = mode, patience, min_delta
+        self.best: float | None = None
+        self.best_iteration = -1
+        self.bad_iterations = 0
+
+    def improved(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, value: float, iteration: int) -> tuple[bool, bool]:
+        """Record one value; returns (is_new_best, should_stop)."""
+        if self.improved(value):
+            self.best, self.best_iteration, self.bad_iterations = value, iteration, 0
+            return True, False
+        self.bad_iterations += 1
+        return False, self.patience > 0 and self.bad_iterations >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_iteration": self.best_iteration, "bad_iterations": self.bad_iterations}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_iteration = state["best"], state["best_iteration"]
+        self.bad_iterations = state["bad_iterations"]
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, name: str, max_iterations: int = 100, **kwargs: Any):
+    """A learning-rate schedule stepped once per iteration; `plateau` is stepped with the metric."""
+    schedulers = torch.optim.lr_scheduler
+    if name == "none":
+        return None
+    if name == "step":
+        return schedulers.StepLR(optimizer, **{"step_size": max(1, max_iterations // 3), "gamma": 0.1, **kwargs})
+    if name == "plateau":
+        return schedulers.ReduceLROnPlateau(optimizer, **{"mode": "min", "factor": 0.5, "patience": 3, **kwargs})
+    if name == "cosine":
+        return schedulers.CosineAnnealingLR(optimizer, **{"T_max": max_iterations, **kwargs})
+    if name == "cosine_warm_restarts":
+        return schedulers.CosineAnnealingWarmRestarts(optimizer, **{"T_0": max(1, max_iterations // 4), **kwargs})
+    raise ValueError(f"unknown schedule {name!r}; choose none, step, plateau, cosine, cosine_warm_restarts")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator the loop touches, as plain data (loadable with weights_only)."""
+    return {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _numpy_state() -> list[Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
+def _python_state() -> list[Any]:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+class Trainer:
+    """Template for every algorithm. Subclasses set `algorithm` and `config_class`."""
+
+    algorithm: ClassVar[str] = ""
+    config_class: ClassVar[type[TrainerConfig]] = TrainerConfig
+
+    def __init__(self, config: TrainerConfig, context: Context):
+        self.config = config
+        self.context = context
+        self.device = context.device
+        self.iteration = 0
+        self.history: list[dict[str, float]] = []
+        self.early_stopping = EarlyStopping(config.mode, config.patience, config.min_delta)
+        self.best_state: dict[str, Any] | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.finished = False
+        # every rank starts from the same weights; data order differs by rank where it should
+        seed_everything(config.seed)
+        self.model: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.setup()
+
+    # ----- what an algorithm fills in -------------------------------------------------------
+    def setup(self) -> None:
+        """Build data, model, optimiser and scheduler (self.model/self.optimizer/self.scheduler)."""
+
+    def step(self) -> dict[str, float]:
+        """Train for one iteration; return training metrics."""
+        raise NotImplementedError(f"{type(self).__name__} must implement step()")
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics after the iteration (validation metrics where the algorithm has them)."""
+        return {}
+
+    def final_metrics(self) -> dict[str, float]:
+        """Held-out metrics, computed once on the best state after the loop."""
+        return {}
+
+    def save_figures(self) -> None:
+        """Write the algorithm's figures (rank 0 only; the base plots learning curves)."""
+        if self.context.output_dir is not None and self.history:
+            from trainers.plots import plot_learning_curves
+
+            figure = plot_learning_curves(self.history, self.config.metric)
+            self.context.log_figure("learning_curves", figure, self.iteration)
+
+    # hooks: return True from on_iteration_end to stop
+    def on_iteration_start(self, iteration: int) -> None:
+        pass
+
+    def on_iteration_end(self, iteration: int, metrics: dict[str, float]) -> bool:
+        return False
+
+    # ----- state ------------------------------------------------------------------------------
+    def model_state(self) -> dict[str, Any]:
+        model = getattr(self.model, "module", self.model)  # unwrap DDP
+        return {} if model is None else copy.deepcopy(model.state_dict())
+
+    def load_model_state(self, state: dict[str, Any]) -> None:
+        model = getattr(self.model, "module", self.model)
+        if model is not None and state:
+            model.load_state_dict(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: weights, optimiser, schedule, counters, RNG."""
+        return {
+            "iteration": self.iteration,
+            "finished": self.finished,
+            "model": self.model_state(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+            "early_stopping": self.early_stopping.state_dict(),
+            "best_state": self.best_state or {},
+            "best_metrics": dict(self.best_metrics),
+            "history": list(self.history),
+            "rng": rng_state(),
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iteration = int(state["iteration"])
+        self.finished = bool(state.get("finished", False))
+        self.load_model_state(state["model"])
+        if self.optimizer and state["optimizer"]:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.early_stopping.load_state_dict(state["early_stopping"])
+        self.best_state = state["best_state"] or None
+        self.best_metrics = dict(state["best_metrics"])
+        self.history = list(state["history"])
+        set_rng_state(state["rng"])
+        self.load_extra_state(state.get("extra", {}))
+
+    def extra_state(self) -> dict[str, Any]:
+        """Algorithm-specific counters to resume (sample index, masks...)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "algorithm": self.algorithm,
+            "config": self.config.model_dump(),
+            "iteration": self.iteration,
+            "trainer": self.state_dict(),
+        }
+
+    # ----- the loop ---------------------------------------------------------------------------
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else float("nan")
+
+    def _step_scheduler(self, metrics: dict[str, float]) -> None:
+        if self.scheduler is None:
+            return
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            value = metrics[self.config.metric]
+            # the plateau scheduler always minimises; flip the sign for metrics we maximise
+            self.scheduler.step(value if self.config.mode == "min" else -value)
+        else:
+            self.scheduler.step()
+
+    def run_iteration(self) -> tuple[dict[str, float], bool]:
+        """One iteration: hooks, step, evaluate, schedule, early stopping. Returns (metrics, stop)."""
+        started = time.perf_counter()
+        self.on_iteration_start(self.iteration)
+        metrics = dict(self.step())
+        metrics.update(self.evaluate())
+        # every rank must take the same decision below, so agree on the numbers first
+        metrics = self.context.average(metrics)
+        if self.config.metric not in metrics:
+            raise KeyError(
+                f"metric {self.config.metric!r} is not reported by {self.algorithm}; "
+                f"available: {', '.join(sorted(metrics))}"
+            )
+        metrics["lr"] = self.current_lr()
+        self._step_scheduler(metrics)
+        is_best, stop = self.early_stopping.update(metrics[self.config.metric], self.iteration)
+        if is_best:
+            self.best_state = self.model_state()
+            self.best_metrics = dict(metrics)
+        self.iteration += 1
+        metrics["iteration"] = self.iteration
+        metrics["iteration_seconds"] = time.perf_counter() - started
+        stop = self.on_iteration_end(self.iteration, metrics) or stop
+        self.history.append(dict(metrics))
+        return metrics, stop
+
+    def fit(self) -> TrainingResult:
+        started = time.perf_counter()
+        state = self.context.latest_state()
+        if state is not None:
+            self.load_state_dict(state)
+        metrics: dict[str, float] = self.history[-1] if self.history else {}
+        stopped_early = False
+        while not self.finished and self.iteration < self.config.max_iterations:
+            metrics, stop = self.run_iteration()
+            last = stop or self.iteration >= self.config.max_iterations
+            due = last or self.iteration % self.config.checkpoint_every == 0
+            if not last:
+                self.context.report(metrics, self.checkpoint_payload() if due else None)
+            if stop:
+                stopped_early = True
+                break
+        return self._finish(metrics, stopped_early, time.perf_counter() - started)
+
+    def _finish(self, metrics: dict[str, float], stopped_early: bool, seconds: float) -> TrainingResult:
+        """Restore the best state, compute held-out metrics on it, report once with a checkpoint."""
+        if self.best_state:
+            self.load_model_state(self.best_state)
+        self.finished = True
+        final = self.final_metrics()
+        summary = {
+            **metrics,
+            **{f"best_{k}": v for k, v in self.best_metrics.items() if isinstance(v, (int, float))},
+            **final,
+            "best_iteration": self.early_stopping.best_iteration + 1,
+            "stopped_early": float(stopped_early),
+            "done": 1.0,
+        }
+        if self.context.rank == 0:
+            self.save_figures()
+        self.context.report(summary, self.checkpoint_payload())
+        return TrainingResult(
+            metrics=metrics,
+            best_metrics=self.best_metrics,
+            final_metrics=final,
+            best_iteration=self.early_stopping.best_iteration + 1,
+            iterations=self.iteration,
+            stopped_early=stopped_early,
+            seconds=seconds,
+            history=self.history,
+        )

@@ -1,0 +1,1 @@
+"""GAT music recommender: synthetic listening data, HeteroData graph, GAT, BPR, baselines."""

@@ -1,0 +1,64 @@
+"""Configs of `gat-simple` and `gat-advanced` (pydantic, no torch import)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from trainers.config import ConfigError, Mode, Schedule, TrainerConfig
+
+
+class GatSimpleConfig(TrainerConfig):
+    lr: float = Field(0.005, gt=0, le=10)
+    max_iterations: int = Field(20, ge=1, le=100_000)
+    patience: int = Field(0, ge=0, le=10_000)
+    metric: str = "loss"
+    mode: Mode = "min"
+    schedule: Schedule = "none"
+    batch_size: int = Field(4096, ge=1, le=10_000_000, description="positive edges per BPR step (per worker)")
+    embedding_dim: int = Field(64, ge=4, le=1024)
+    heads: int = Field(2, ge=1, le=16)
+    num_layers: int = Field(2, ge=1, le=6)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    conv: Literal["gat", "gatv2"] = "gatv2"
+    weight_decay: float = Field(1e-4, ge=0, le=1, description="L2 on the embeddings in each BPR batch")
+    eval_ks: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
+    # data: a user's events file, or the seeded synthetic generator
+    events: Optional[str] = Field(None, description="Parquet/CSV of listening events; None = synthetic")
+    data_dir: str = Field("data_cache", description="where generated data is cached")
+    n_users: int = Field(1000, ge=10, le=10_000_000)
+    n_songs: int = Field(5000, ge=10, le=10_000_000)
+    n_artists: int = Field(500, ge=2, le=1_000_000)
+    n_days: int = Field(30, ge=1, le=3650)
+    data_seed: int = Field(42, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _dimensions_fit_heads(self):
+        if self.embedding_dim % self.heads:
+            raise ValueError(f"embedding_dim ({self.embedding_dim}) must be a multiple of heads ({self.heads})")
+        if any(k < 1 or k > self.n_songs for k in self.eval_ks):
+            raise ValueError(f"eval_ks must lie between 1 and n_songs ({self.n_songs})")
+        return self
+
+    def check_files(self) -> None:
+        if self.events is None:
+            return
+        from trainers.recommender.data import load_events  # pandas/pyarrow only
+
+        if not Path(self.events).exists():
+            raise ConfigError(f"events = {self.events!r}: file does not exist")
+        try:
+            load_events(self.events)
+        except (ValueError, FileNotFoundError, OSError) as error:
+            raise ConfigError(f"events = {self.events!r}: {error}") from None
+
+
+class GatAdvancedConfig(GatSimpleConfig):
+    max_iterations: int = Field(60, ge=1, le=100_000)
+    patience: int = Field(8, ge=0, le=10_000)
+    metric: str = "val_recall@20"
+    mode: Mode = "max"
+    schedule: Schedule = "plateau"
+    val_frac: float = Field(0.15, gt=0, lt=0.5)
+    test_frac: float = Field(0.15, gt=0, lt=0.5)

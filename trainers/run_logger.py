@@ -1,0 +1,81 @@
+"""Where a run's numbers and pictures go: stdout, TensorBoard, figures on disk, W&B (opt-in).
+
+Used by the in-process LocalContext and, on rank 0 only, by the Ray worker context, so that a
+run looks the same wherever it ran. Ray Train V2 writes no TensorBoard events by itself.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+SECRET_MARKERS = ("key", "token", "secret", "password")
+
+
+def public_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without anything that looks like a secret (never logged anywhere)."""
+    return {k: v for k, v in config.items() if not any(m in k.lower() for m in SECRET_MARKERS)}
+
+
+def format_progress(metrics: dict[str, float], max_iterations: int | None = None) -> str:
+    iteration = int(metrics.get("iteration", 0))
+    head = f"iter {iteration}" + (f"/{max_iterations}" if max_iterations else "")
+    shown = [f"{k}={v:.4g}" for k, v in metrics.items()
+             if k not in ("iteration", "done") and isinstance(v, (int, float))]
+    return head + "  " + "  ".join(shown)
+
+
+class RunLogger:
+    def __init__(self, run_dir: str | Path, config: dict[str, Any], run_name: str,
+                 use_wandb: bool = False, echo: bool | Callable[[str], None] = True,
+                 max_iterations: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = Path(run_dir)
+        self.figures_dir = self.run_dir / "figures"
+        self.tensorboard_dir = self.run_dir / "tensorboard"
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(self.tensorboard_dir))
+        # echo: print progress lines (True), not at all (False), or through a function
+        self.echo = (lambda line: print(line, flush=True)) if echo is True else echo
+        self.max_iterations = max_iterations
+        self.wandb_run = start_wandb(run_name, public_config(config), self.run_dir) if use_wandb else None
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        step = int(metrics.get("iteration", 0))
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and key != "iteration":
+                self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        if self.echo:
+            self.echo(format_progress(metrics, self.max_iterations))
+
+    def log_figure(self, tag: str, figure: Any, iteration: int) -> Path:
+        import matplotlib.pyplot as plt
+
+        path = self.figures_dir / f"{tag}.png"
+        figure.savefig(path, dpi=110)
+        self.writer.add_figure(tag, figure, iteration, close=False)
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({tag: wandb.Image(str(path))}, step=iteration)
+        plt.close(figure)
+        return path
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def start_wandb(run_name: str, config: dict[str, Any], run_dir: Path):
+    """One W&B run per training run; offline unless WANDB_API_KEY is set."""
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "trainyard"), name=run_name,
+                      config=config, dir=str(run_dir), mode=mode, reinit="finish_previous")

@@ -1,0 +1,183 @@
+"""A Ray Tune search over one algorithm's space (search_spaces/NAME.py).
+
+    python tune.py --algorithm gat-advanced [--num-samples N] [--scheduler asha|pbt|fifo]
+        [--search random|optuna] [--max-concurrent N] [--workers-per-trial N] [--resume]
+
+Prints the best configuration and its metrics; writes the table of all trials (CSV and
+Parquet) and a plot of the metric over iterations per trial next to the experiment.
+Exit codes: 0 done, 1 every trial failed, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from cli_common import (EXIT_FAILED, EXIT_OK, assemble_config, config_error_types, fail,
+                        resolve_storage, start_ray)
+from trainers.registry import ALGORITHMS
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="algorithms: " + ", ".join(ALGORITHMS))
+    parser.add_argument("--algorithm", required=True, help="one of: " + ", ".join(ALGORITHMS))
+    parser.add_argument("--config", help="YAML file of fixed config keys (the space overrides them)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix one config key")
+    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--scheduler", choices=("asha", "pbt", "fifo"), default="asha")
+    parser.add_argument("--search", choices=("random", "optuna"), default="random")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits)")
+    parser.add_argument("--workers-per-trial", type=int, default=1)
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0,
+                        help="GPU share per worker; fractions pack several trials on one GPU")
+    parser.add_argument("--trial-mode", choices=("auto", "inline", "train"), default="auto",
+                        help="inline: run 1-worker trials in the trial process; train: a TorchTrainer per trial")
+    parser.add_argument("--storage", default="results/tune")
+    parser.add_argument("--name", help="experiment name (default: ALGORITHM_TIMESTAMP)")
+    parser.add_argument("--resume", action="store_true", help="finish the latest search of this algorithm")
+    parser.add_argument("--address", help="Ray cluster to join; default RAY_ADDRESS or a local Ray")
+    parser.add_argument("--wandb", action="store_true", help="log every trial to W&B (offline unless WANDB_API_KEY)")
+    args = parser.parse_args(argv)
+    for flag, value in (("--num-samples", args.num_samples), ("--workers-per-trial", args.workers_per_trial),
+                        ("--max-concurrent", args.max_concurrent or 1)):
+        if value < 1:
+            parser.error(f"{flag} must be >= 1, got {value}")
+    if args.gpus_per_worker < 0:
+        parser.error(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker:g}")
+    return args
+
+
+def latest_experiment(storage: Path, algorithm: str) -> Path | None:
+    runs = [p for p in storage.glob(f"{algorithm}_*") if (p / "tuner.pkl").exists()]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def write_outputs(result_grid, experiment_dir: Path, metric: str) -> dict[str, Path]:
+    """The table of all trials (CSV + Parquet) and the metric over iterations per trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    table = result_grid.get_dataframe()
+    table.columns = [str(c) for c in table.columns]
+    csv_path, parquet_path = experiment_dir / "trials.csv", experiment_dir / "trials.parquet"
+    table.to_csv(csv_path, index=False)
+    table.astype({c: str for c in table.columns if table[c].dtype == object}).to_parquet(parquet_path, index=False)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for result in result_grid:
+        history = result.metrics_dataframe
+        if history is not None and metric in history:
+            axis.plot(history["training_iteration"], history[metric], marker=".",
+                      label=str(result.metrics.get("trial_id", "")) if result.metrics else "")
+    axis.set_xlabel("iteration")
+    axis.set_ylabel(metric)
+    axis.grid(alpha=0.3)
+    if len(result_grid) <= 12:
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    plot_path = experiment_dir / "metric_per_trial.png"
+    figure.savefig(plot_path, dpi=110)
+    plt.close(figure)
+    return {"trials (CSV)": csv_path, "trials (Parquet)": parquet_path, "metric plot": plot_path}
+
+
+def print_best(best, metric: str, outputs: dict[str, Path], seconds: float, counts: dict[str, int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=140)
+    table = Table(title=f"best trial by {metric} ({seconds:.0f} s, "
+                        + ", ".join(f"{n} {state.lower()}" for state, n in counts.items()) + ")")
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    for key, value in sorted(best.config.items()):
+        table.add_row(f"config.{key}", f"{value:.4g}" if isinstance(value, float) else str(value))
+    for key in sorted(best.metrics):
+        value = best.metrics[key]
+        if isinstance(value, float) and not key.startswith(("time_", "timestamp")):
+            table.add_row(key + ("  <- metric" if key == metric else ""), f"{value:.5g}")
+    for label, path in outputs.items():
+        table.add_row(label, str(path))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from distributed.resources import ResourceError, check_local_gpus, cluster_totals
+    from search_spaces import load_search_space
+
+    try:
+        spec, config = assemble_config(args.algorithm, args.config, args.set)
+        space_module = load_search_space(spec.name)
+        space = space_module.space()
+        if "max_iterations" not in config.model_fields_set and hasattr(space_module, "MAX_ITERATIONS"):
+            config = config.model_copy(update={"max_iterations": space_module.MAX_ITERATIONS})
+        if not args.address:
+            check_local_gpus(args.gpus_per_worker)
+        storage = resolve_storage(args.storage)
+        name = args.name or f"{spec.name}_{datetime.now():%Y%m%d-%H%M%S}"
+        if args.resume and not args.name:
+            previous = latest_experiment(storage, spec.name)
+            if previous is None:
+                raise ValueError(f"--resume: no earlier search of {spec.name} in {storage}")
+            name = previous.name
+    except config_error_types() + (ResourceError, ValueError) as error:
+        return fail(str(error))
+
+    start_ray(args.address)
+    from distributed.tune import build_trainable, build_tuner, make_scheduler, make_search, plan_trials
+
+    try:
+        cpus, gpus = cluster_totals()
+        plan = plan_trials(args.workers_per_trial, args.gpus_per_worker, cpus, gpus, args.max_concurrent,
+                           args.trial_mode)
+        if args.scheduler == "pbt" and plan.mode != "inline":
+            raise ResourceError("--scheduler pbt needs inline trials (one worker per trial)")
+    except (ResourceError, ValueError) as error:
+        return fail(str(error))
+
+    experiment_dir = storage / name
+    trainable = build_trainable(plan, spec.name, config.model_dump(), spec.config_class, experiment_dir,
+                                args.wandb)
+    print(f"search {name}: {args.num_samples} trial(s) of {spec.name}, {plan.mode} trials, "
+          f"{plan.concurrency} at a time, {plan.trial_resources} per trial"
+          + (f" + {plan.workers.workers} worker(s) x {plan.workers.cpus_per_worker:g} CPU" if plan.workers else ""),
+          flush=True)
+    started = time.perf_counter()
+    import ray.tune as tune
+
+    if args.resume and tune.Tuner.can_restore(str(experiment_dir)):
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, param_space=space,
+                                   resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = build_tuner(trainable, space, metric=config.metric, mode=config.mode,
+                            scheduler=make_scheduler(args.scheduler, config.max_iterations, space),
+                            search=make_search(args.search, config.metric, config.mode),
+                            num_samples=args.num_samples, concurrency=plan.concurrency,
+                            storage=storage, name=name, use_wandb=args.wandb)
+    grid = tuner.fit()
+    seconds = time.perf_counter() - started
+    counts = trial_counts(grid)
+    outputs = write_outputs(grid, experiment_dir, config.metric)
+    try:
+        best = grid.get_best_result(metric=config.metric, mode=config.mode, scope="all")
+    except RuntimeError:
+        return fail(f"no trial reported {config.metric!r}; see {experiment_dir}", EXIT_FAILED)
+    print_best(best, config.metric, outputs, seconds, counts)
+    return EXIT_OK
+
+
+def trial_counts(grid) -> dict[str, int]:
+    counts = {"TERMINATED": 0, "ERROR": 0}
+    for result in grid:
+        counts["ERROR" if result.error else "TERMINATED"] += 1
+    return counts
+
+
+if __name__ == "__main__":
+    sys.exit(main())
