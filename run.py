@@ -9,6 +9,7 @@ On a cluster: ray submit cluster.yaml run.py -- --algorithm NAME
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import datetime
@@ -30,7 +31,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override one config key (repeatable); the value is read as YAML")
     parser.add_argument("--workers", type=int, default=1, help="TorchTrainer workers (DDP when > 1)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
-    parser.add_argument("--storage", default="results", help="where runs, checkpoints and logs go")
+    parser.add_argument("--storage", default=os.environ.get("TRAINYARD_STORAGE", "results"),
+                        help="where runs, checkpoints and logs go (default: $TRAINYARD_STORAGE or ./results)")
     parser.add_argument("--name", help="run name (default: ALGORITHM_TIMESTAMP)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest run of this algorithm in --storage (or --name)")
@@ -134,8 +136,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _ray_address_set() -> bool:
-    import os
-
     return bool(os.environ.get("RAY_ADDRESS"))
 
 

@@ -10,6 +10,7 @@ Exit codes: 0 done, 1 every trial failed, 2 bad input.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from datetime import datetime
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="GPU share per worker; fractions pack several trials on one GPU")
     parser.add_argument("--trial-mode", choices=("auto", "inline", "train"), default="auto",
                         help="inline: run 1-worker trials in the trial process; train: a TorchTrainer per trial")
-    parser.add_argument("--storage", default="results/tune")
+    parser.add_argument("--storage", default=os.path.join(os.environ.get("TRAINYARD_STORAGE", "results"), "tune"))
     parser.add_argument("--name", help="experiment name (default: ALGORITHM_TIMESTAMP)")
     parser.add_argument("--resume", action="store_true", help="finish the latest search of this algorithm")
     parser.add_argument("--address", help="Ray cluster to join; default RAY_ADDRESS or a local Ray")

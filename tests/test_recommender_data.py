@@ -9,7 +9,8 @@ import torch
 
 from trainers.recommender.data import (
     Interactions, aggregate_edges, build_graph, build_interactions, ensure_synthetic_dataset,
-    generate_listening_data, load_events, sample_negatives, training_keys, write_dataset)
+    generate_listening_data, index_maps, load_events, sample_negatives, training_keys,
+    write_dataset)
 
 SMALL = dict(n_users=60, n_songs=300, n_artists=40, n_days=10, n_genres=8)
 
@@ -219,7 +220,13 @@ def test_load_events_csv_dates_and_no_duration(tmp_path):
     assert row.loc[(0, 0), "completion"] == pytest.approx(1.0)
     assert (row.loc[(1, 1), "first_ts"], row.loc[(1, 1), "last_ts"]) == (1_704_067_200,
                                                                           1_704_067_300)
-    assert edges.attrs["song_artist"].tolist() == [1, 0]
+    maps = index_maps(edges)
+    assert maps.song_artist.tolist() == [1, 0]
+    assert maps.user_ids.tolist() == ["amy", "bob"] and maps.song_ids.tolist() == ["t1", "t2"]
+    # the same maps are rebuilt from the columns when pandas dropped attrs
+    edges.attrs.clear()
+    rebuilt = index_maps(edges)
+    assert rebuilt.song_artist.tolist() == [1, 0] and rebuilt.artist_ids.tolist() == ["x", "y"]
     assert row.loc[(1, 1), "weight"] == pytest.approx(np.log1p(2) * 0.75)
 
 

@@ -43,9 +43,15 @@ class TrainerConfig(BaseModel):
 def parse_set_value(text: str) -> Any:
     """`--set key=value`: the value is read as YAML, so numbers, bools and lists get their type."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 as a string; people mean the number
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def overrides_from_sets(pairs: list[str]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ Conventions
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 import torch
+from torch_geometric.data import HeteroData
 
 # Bump when the generator's output changes, so cached synthetic datasets are regenerated.
 GENERATOR_VERSION = 1
@@ -301,8 +303,6 @@ def write_dataset(tables: dict[str, pd.DataFrame], directory) -> Path:
 
 def synthetic_dataset_dir(directory, **generator_params) -> Path:
     """Cache directory for a parameter set: ``directory/synthetic-<10 hex of sha1(params)>``."""
-    import inspect
-
     bound = inspect.signature(generate_listening_data).bind(**generator_params)
     bound.apply_defaults()
     key = json.dumps({"version": GENERATOR_VERSION, **bound.arguments}, sort_keys=True)
@@ -410,10 +410,10 @@ def aggregate_edges(events: pd.DataFrame) -> pd.DataFrame:
     ``weight = log1p(plays) * completion`` (repeated, finished listens count most; an
     always-skipped song weighs ~0).
 
-    ``attrs`` carries the mappings for convenience (pandas may drop attrs on later
-    operations; the columns are the source of truth): ``user_ids``, ``song_ids``,
-    ``artist_ids`` (original id of each index) and ``song_artist`` (artist index per song).
-    A track listed under several artists is assigned its most frequent one."""
+    ``edges.attrs["index_maps"]`` holds an :class:`IndexMaps` (original id of each user /
+    song / artist index and the artist index of each song). pandas may drop attrs after
+    later operations; :func:`index_maps` rebuilds it from the columns then. A track listed
+    under several artists is assigned its most frequent one."""
     user, user_ids = pd.factorize(events["user_id"], sort=True)
     song, song_ids = pd.factorize(events["track_id"], sort=True)
     artist, artist_ids = pd.factorize(events["artist_id"], sort=True)
@@ -434,9 +434,34 @@ def aggregate_edges(events: pd.DataFrame) -> pd.DataFrame:
     edges["artist_id"] = np.asarray(artist_ids)[edges["artist"].to_numpy()]
     edges = edges[["user", "song", "artist", "user_id", "track_id", "artist_id", "plays",
                    "completion", "first_ts", "last_ts", "weight"]]
-    edges.attrs.update(user_ids=np.asarray(user_ids), song_ids=np.asarray(song_ids),
-                       artist_ids=np.asarray(artist_ids), song_artist=song_artist)
+    edges.attrs["index_maps"] = IndexMaps(np.asarray(user_ids), np.asarray(song_ids),
+                                          np.asarray(artist_ids), song_artist)
     return edges
+
+
+# eq=False: pandas compares attrs with ==, which must not compare arrays element-wise.
+@dataclass(frozen=True, eq=False)
+class IndexMaps:
+    """Original ids per contiguous index, and the artist index of every song index."""
+    user_ids: np.ndarray
+    song_ids: np.ndarray
+    artist_ids: np.ndarray
+    song_artist: np.ndarray
+
+
+def index_maps(edges: pd.DataFrame) -> IndexMaps:
+    """The :class:`IndexMaps` of an :func:`aggregate_edges` frame (from attrs or columns)."""
+    maps = edges.attrs.get("index_maps")
+    if isinstance(maps, IndexMaps):
+        return maps
+
+    def ids(index_col, id_col):
+        table = edges[[index_col, id_col]].drop_duplicates(index_col).sort_values(index_col)
+        return table[id_col].to_numpy()
+
+    songs = edges[["song", "artist"]].drop_duplicates("song").sort_values("song")
+    return IndexMaps(ids("user", "user_id"), ids("song", "track_id"),
+                     ids("artist", "artist_id"), songs["artist"].to_numpy(np.int64))
 
 
 def _completion_ratio(events: pd.DataFrame, song: np.ndarray) -> np.ndarray:
@@ -529,6 +554,7 @@ def build_interactions(events: pd.DataFrame, val_frac: float = 0.15, test_frac: 
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise ValueError("val_frac and test_frac must be in [0, 1) with sum < 1")
     edges = aggregate_edges(events)
+    maps = index_maps(edges)
     labels = (temporal_split_labels(edges, val_frac, test_frac) if split == "temporal"
               else np.zeros(len(edges), dtype=np.int64))
     user = torch.tensor(edges["user"].to_numpy(np.int64))
@@ -540,14 +566,13 @@ def build_interactions(events: pd.DataFrame, val_frac: float = 0.15, test_frac: 
     attr = torch.stack([_standardise(torch.log1p(plays[train])),
                         _standardise(compl[train])], dim=1)
     return Interactions(
-        n_users=len(edges.attrs["user_ids"]), n_songs=len(edges.attrs["song_ids"]),
-        n_artists=len(edges.attrs["artist_ids"]),
-        song_artist=torch.tensor(edges.attrs["song_artist"]),
+        n_users=len(maps.user_ids), n_songs=len(maps.song_ids),
+        n_artists=len(maps.artist_ids), song_artist=torch.tensor(maps.song_artist),
         train_user=user[train], train_song=song[train], train_attr=attr,
         val_user=user[lab == 1], val_song=song[lab == 1],
         test_user=user[lab == 2], test_song=song[lab == 2],
-        train_plays=plays[train], split=split, user_ids=edges.attrs["user_ids"],
-        song_ids=edges.attrs["song_ids"], artist_ids=edges.attrs["artist_ids"])
+        train_plays=plays[train], split=split, user_ids=maps.user_ids,
+        song_ids=maps.song_ids, artist_ids=maps.artist_ids)
 
 
 def _standardise(x: torch.Tensor) -> torch.Tensor:
@@ -557,12 +582,10 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / (std if std > 0 else 1.0)
 
 
-def build_graph(inter: Interactions):
+def build_graph(inter: Interactions) -> HeteroData:
     """HeteroData with node types user/song/artist and relations
     ``(user, listens, song)`` + reverse (TRAIN edges only; edge_attr = train_attr) and
     ``(song, by, artist)`` + reverse (edge_attr zeros, so every relation has 2-dim attrs)."""
-    from torch_geometric.data import HeteroData
-
     data = HeteroData()
     data["user"].num_nodes = inter.n_users
     data["song"].num_nodes = inter.n_songs

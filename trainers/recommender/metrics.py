@@ -98,6 +98,9 @@ def ranking_metrics(score_fn: Callable[[torch.Tensor], torch.Tensor], inter,
                     chunk_size: int = 512) -> dict[str, float]:
     """Evaluate ``score_fn(users) -> FloatTensor[len(users), n_songs]`` on ``split``.
 
+    ``users`` is a CPU LongTensor of user indices (at most ``chunk_size``); the scores may be
+    on any device (masking and top-k run there). ``inter`` stays on the CPU.
+
     Returns ``recall@K`` and ``ndcg@K`` for every K in ``ks``, ``coverage@K`` and
     ``popularity_bias@K`` for the smallest K, and ``n_eval_users`` (as a float). With no
     eligible user every metric is NaN."""
@@ -153,8 +156,9 @@ def _masked_topk(score_fn, chunk, seen, n_songs, k):
         raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, "
                          f"expected ({len(chunk)}, {n_songs})")
     scores = scores.detach().float()
+    minus_inf = torch.tensor(float("-inf"), device=scores.device)
     for items in seen:
         rows, cols = items.rows_cols(chunk)
         # Out-of-place: score_fn may hand back a view of model state (or an expanded row).
-        scores = scores.index_put((rows, cols), torch.tensor(float("-inf")))
-    return torch.topk(scores, k, dim=1).indices
+        scores = scores.index_put((rows.to(scores.device), cols.to(scores.device)), minus_inf)
+    return torch.topk(scores, k, dim=1).indices.cpu()

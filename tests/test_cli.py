@@ -1,0 +1,81 @@
+"""Bad input at the edge: exit code 2 and one line naming the problem, before Ray starts."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import run
+import tune
+from trainers.checkpoint import save_atomic
+
+
+def run_main(module, argv, capsys):
+    try:
+        code = module.main(argv)
+    except SystemExit as exit_:  # argparse errors
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", [run, tune])
+def test_unknown_algorithm_lists_the_names(module, capsys):
+    code, err = run_main(module, ["--algorithm", "gat-fancy"], capsys)
+    assert code == 2
+    assert "unknown algorithm 'gat-fancy'" in err and "gat-simple, gat-advanced" in err
+
+
+@pytest.mark.parametrize("module", [run, tune])
+def test_bad_value_names_field_and_range(module, capsys):
+    code, err = run_main(module, ["--algorithm", "gat-advanced", "--set", "lr=-0.5"], capsys)
+    assert code == 2 and "lr = -0.5" in err and "allowed: lr > 0" in err
+    code, err = run_main(module, ["--algorithm", "gat-advanced", "--set", "val_frac=0.9"], capsys)
+    assert code == 2 and "val_frac" in err and "< 0.5" in err
+    code, err = run_main(module, ["--algorithm", "gat-simple", "--set", "embedding_dim=30", "--set", "heads=4"], capsys)
+    assert code == 2 and "multiple of heads" in err
+
+
+def test_unknown_set_key(capsys):
+    code, err = run_main(run, ["--algorithm", "gat-simple", "--set", "learning_rate=0.1"], capsys)
+    assert code == 2 and "unknown config key 'learning_rate'" in err and "lr" in err
+
+
+def test_missing_and_malformed_events_file(tmp_path, capsys):
+    code, err = run_main(run, ["--algorithm", "gat-simple", "--set", f"events={tmp_path}/none.parquet"], capsys)
+    assert code == 2 and "none.parquet" in err and "does not exist" in err
+    bad = tmp_path / "events.csv"
+    bad.write_text("user_id,track_id\n1,2\n")
+    code, err = run_main(run, ["--algorithm", "gat-simple", "--set", f"events={bad}"], capsys)
+    assert code == 2 and "events.csv" in err and "artist_id" in err and "timestamp" in err
+    garbage = tmp_path / "events.parquet"
+    garbage.write_bytes(b"this is not parquet")
+    code, err = run_main(run, ["--algorithm", "gat-simple", "--set", f"events={garbage}"], capsys)
+    assert code == 2 and "events.parquet" in err
+
+
+def test_gpus_on_a_machine_without_gpus_fails_at_once(capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = time.perf_counter()
+    code, err = run_main(run, ["--algorithm", "gat-simple", "--gpus-per-worker", "1"], capsys)
+    assert code == 2 and "--gpus-per-worker 1" in err and "has none" in err
+    assert time.perf_counter() - started < 10  # no Ray start, no wait for resources
+
+
+def test_checkpoint_from_another_algorithm(tmp_path, capsys):
+    save_atomic({"algorithm": "gat-simple", "config": {}, "iteration": 3, "trainer": {}}, tmp_path / "state.pt")
+    code, err = run_main(run, ["--algorithm", "gat-advanced", "--from-checkpoint", str(tmp_path)], capsys)
+    assert code == 2 and "written by algorithm 'gat-simple', not 'gat-advanced'" in err
+
+
+def test_malformed_yaml_config(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("lr: 0.1\n  patience: [\n")
+    code, err = run_main(tune, ["--algorithm", "gat-simple", "--config", str(config)], capsys)
+    assert code == 2 and "not valid YAML" in err
+
+
+def test_bad_flags_exit_2(capsys):
+    code, err = run_main(run, ["--algorithm", "gat-simple", "--workers", "0"], capsys)
+    assert code == 2 and "--workers must be >= 1" in err
+    code, err = run_main(tune, ["--algorithm", "gat-simple", "--scheduler", "hyperband"], capsys)
+    assert code == 2 and "invalid choice" in err
