@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     except config_error_types() + (ResourceError, ValueError) as error:
         return fail(str(error))
 
+    if args.wandb:  # WandbLoggerCallback reads the mode from the environment
+        from trainers.run_logger import wandb_mode
+
+        os.environ["WANDB_MODE"] = wandb_mode()
     start_ray(args.address)
     from distributed.tune import build_trainable, build_tuner, make_scheduler, make_search, plan_trials
 

@@ -21,7 +21,7 @@ def format_progress(metrics: dict[str, float], max_iterations: int | None = None
     iteration = int(metrics.get("iteration", 0))
     head = f"iter {iteration}" + (f"/{max_iterations}" if max_iterations else "")
     shown = [f"{k}={v:.4g}" for k, v in metrics.items()
-             if k not in ("iteration", "done") and isinstance(v, (int, float))]
+             if k not in ("iteration", "done", "elapsed_seconds") and isinstance(v, (int, float))]
     return head + "  " + "  ".join(shown)
 
 
@@ -72,10 +72,15 @@ class RunLogger:
             self.wandb_run = None
 
 
+def wandb_mode() -> str:
+    """W&B stays offline unless an API key is set (or WANDB_MODE says otherwise)."""
+    return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
 def start_wandb(run_name: str, config: dict[str, Any], run_dir: Path):
     """One W&B run per training run; offline unless WANDB_API_KEY is set."""
     import wandb
 
-    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    mode = wandb_mode()
     return wandb.init(project=os.environ.get("WANDB_PROJECT", "trainyard"), name=run_name,
                       config=config, dir=str(run_dir), mode=mode, reinit="finish_previous")

@@ -94,7 +94,7 @@ def _sample_in_groups(rng: np.random.Generator, group_of_item: np.ndarray,
     inside the group's slice of the global cumulative weight. Groups must be non-empty."""
     order = np.argsort(group_of_item, kind="stable")
     cum = np.cumsum(item_weight[order])
-    n_groups = max(int(group_of_item.max()), int(groups.max())) + 1
+    n_groups = max(int(group_of_item.max()), int(groups.max(initial=-1))) + 1
     bounds = np.searchsorted(group_of_item[order], np.arange(n_groups + 1))
     lo = np.where(bounds[:-1] > 0, cum[np.maximum(bounds[:-1] - 1, 0)], 0.0)
     hi = cum[np.maximum(bounds[1:] - 1, 0)]

@@ -156,9 +156,9 @@ def _masked_topk(score_fn, chunk, seen, n_songs, k):
         raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, "
                          f"expected ({len(chunk)}, {n_songs})")
     scores = scores.detach().float()
-    minus_inf = torch.tensor(float("-inf"), device=scores.device)
-    for items in seen:
-        rows, cols = items.rows_cols(chunk)
-        # Out-of-place: score_fn may hand back a view of model state (or an expanded row).
-        scores = scores.index_put((rows.to(scores.device), cols.to(scores.device)), minus_inf)
+    pairs = [items.rows_cols(chunk) for items in seen]
+    rows = torch.cat([r for r, _ in pairs]).to(scores.device)
+    cols = torch.cat([c for _, c in pairs]).to(scores.device)
+    # Out-of-place: score_fn may hand back a view of model state (or an expanded row).
+    scores = scores.index_put((rows, cols), torch.tensor(float("-inf"), device=scores.device))
     return torch.topk(scores, k, dim=1).indices.cpu()

@@ -1,0 +1,58 @@
+"""The project's promises about itself: CI runs the README's command; cluster files are valid."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    return re.findall(r"```bash\n(python3\.11 -m venv[^\n]+)\n```", (ROOT / "README.md").read_text())
+
+
+def test_ci_runs_the_readme_test_command():
+    commands = readme_commands()
+    assert len(commands) == 2 and "run.py --algorithm" in commands[0] and "pytest" in commands[1]
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in ci_lines
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "examples/cluster-aws.yaml"])
+def test_cluster_file_is_valid_for_rays_launcher(name):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / name).read_text())
+    validate_config(prepare_config(config))  # raises on a schema error
+    assert config["head_start_ray_commands"] and config["setup_commands"]
+    assert any("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"])
+    assert config["file_mounts"] == {"~/trainyard": "."}
+
+
+def test_cluster_schema_catches_a_typo():
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    config["max_worker"] = config.pop("max_workers")
+    with pytest.raises(jsonschema.ValidationError, match="max_worker"):
+        validate_config(prepare_config(config))
+
+
+def test_search_spaces_cover_the_shared_keys():
+    from search_spaces import load_search_space
+    from trainers.registry import ALGORITHMS
+
+    for name, spec in ALGORITHMS.items():
+        space = load_search_space(name).space()
+        assert {"lr", "patience", "schedule"} <= set(space)
+        assert set(space) <= set(spec.config_class.model_fields), f"{name}: space has keys the config lacks"
+
+
+def test_trainers_import_no_ray():
+    offenders = [str(p) for p in (ROOT / "trainers").rglob("*.py")
+                 if re.search(r"^\s*(import ray|from ray)", p.read_text(), re.MULTILINE)]
+    assert offenders == []
