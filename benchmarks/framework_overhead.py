@@ -31,13 +31,19 @@ def steady_iteration_seconds(history: list[dict], skip: int = 2) -> float:
 
 
 def in_process(config, storage: Path) -> dict:
+    import torch
+
     from trainers.context import LocalContext
     from trainers.recommender.trainers import GatAdvancedTrainer
 
+    # the TorchTrainer worker holds 1 CPU and Ray gives it one thread: compare like with like
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     started = time.perf_counter()
     trainer = GatAdvancedTrainer(config, LocalContext("gat-advanced", storage / "local", resume=False))
     setup = time.perf_counter() - started
     result = trainer.fit()
+    torch.set_num_threads(threads)
     return {"start_seconds": setup, "iteration_seconds": steady_iteration_seconds(result.history),
             "total_seconds": time.perf_counter() - started}
 

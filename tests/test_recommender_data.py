@@ -88,6 +88,20 @@ def test_taste_structure(tables):
     assert len(big) > 10 and top_share.median() > 0.25
 
 
+def test_late_discovered_artists_are_played_after_discovery(tables):
+    users, ev = tables["users"], tables["events"]
+    slots = users[["user_id", "preferred_artists", "preferred_since_day"]].explode(
+        ["preferred_artists", "preferred_since_day"])
+    slots = slots.rename(columns={"preferred_artists": "artist_id",
+                                  "preferred_since_day": "since"}).astype(float)
+    late = slots[slots["since"].between(10, 20)]
+    plays = ev.merge(late, on=["user_id", "artist_id"])
+    day = (plays["timestamp"] - 1_704_067_200) / 86_400
+    before = (day < plays["since"]).sum() / late["since"].sum()  # plays per artist-day
+    after = (day >= plays["since"]).sum() / (30 - late["since"]).sum()
+    assert len(late) > 100 and after > 3 * before
+
+
 def test_same_artist_runs(tables):
     ev = tables["events"].sort_values(["user_id", "timestamp"], kind="stable")
     same_user = ev["user_id"].to_numpy()[1:] == ev["user_id"].to_numpy()[:-1]

@@ -69,20 +69,30 @@ def _normalised_adjacency(inter: Interactions) -> torch.Tensor:
 
 
 def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: int = 64,
-                      num_layers: int = 3, epochs: int = 300, lr: float = 0.005,
-                      seed: int = 0, batch_size: int = 2048, lambda_reg: float = 1e-4,
-                      eval_every: int = 5, patience: int = 6,
+                      num_layers: int = 3, epochs: int = 200, lr: float = 0.01,
+                      seed: int = 0, batch_size: int = 2048, lambda_reg: float = 1e-3,
+                      eval_every: int = 5, patience: int = 8, sampling: str = "user",
                       ks: Sequence[int] = (10, 20), verbose: bool = False
                       ) -> dict[str, float]:
     """Train ``torch_geometric.nn.LightGCN`` with BPR and return ``split`` metrics of the
     best model by validation recall@20 (early stopping: evaluated every ``eval_every`` epochs,
-    stops after ``patience`` evaluations without improvement).
+    stops after ``patience`` evaluations without improvement; the best weights are restored
+    before the final evaluation).
 
-    Defaults chosen by a small sweep on the default synthetic data (temporal split, selected
-    on validation recall@20): Adam lr 5e-3, batch 2048 training edges (one full propagation
-    per batch), L2 1e-4 on the layer-0 embeddings of the batch (PyG's BPRLoss form), 64-d,
-    3 layers, up to 300 epochs. Extra keys: ``best_epoch``, ``epochs_run``, ``seconds``.
-    Without validation items (split="none") it trains for ``epochs`` and keeps the last model.
+    Negatives are true negatives (:func:`sample_negatives`). An epoch is len(train) samples;
+    ``sampling="user"`` draws users uniformly then one of their songs (LightGCN's own code),
+    ``"edge"`` visits every training edge once. One full propagation per batch.
+
+    Defaults, chosen by a small sweep on the default synthetic data (temporal split, selected
+    on validation recall@20; 64-d and 3 layers fixed as in the spec): Adam lr 1e-2, batch
+    2048, L2 1e-3 on the batch's layer-0 embeddings (PyG's BPRLoss form: summed squares /
+    batch size), up to 200 epochs. Sweep (val recall@20): lr 5e-3..2e-2 moved it by < 0.01;
+    L2 1e-4 -> 0.127, 1e-3 -> 0.137, 1e-2 -> 0.10; user vs edge sampling 0.137 vs 0.133.
+    For scale, EASE (a strong closed-form item-item model) reaches 0.139 on the same split,
+    so this is close to what ID-only collaborative filtering gets on this data.
+
+    Extra keys in the result: ``best_epoch``, ``epochs_run``, ``seconds``. Without validation
+    items (split="none") it trains for ``epochs`` and keeps the last model.
     """
     from torch_geometric.nn import LightGCN
 
@@ -94,6 +104,7 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
                      normalize=False)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     keys = training_keys(inter)
+    draw = _training_sampler(inter, sampling)
     has_val = len(inter.val_user) > 0
 
     def score_fn_of(emb):
@@ -102,7 +113,7 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
 
     best, best_state, best_epoch, bad, epoch = -1.0, None, 0, 0, 0
     for epoch in range(1, epochs + 1):
-        _train_epoch(model, opt, adj, inter, keys, gen, batch_size, lambda_reg)
+        _train_epoch(model, opt, adj, inter, keys, gen, batch_size, lambda_reg, draw)
         if not has_val or (epoch % eval_every and epoch != epochs):
             continue
         with torch.no_grad():
@@ -125,13 +136,39 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
     return out
 
 
-def _train_epoch(model, opt, adj, inter, keys, gen, batch_size, lambda_reg):
-    """One pass over the training edges in random order; one propagation per batch."""
+def _training_sampler(inter: Interactions, sampling: str):
+    """Returns ``draw(gen) -> (users, positive songs)`` for one epoch of len(train) samples.
+
+    ``"edge"``: every training edge once, shuffled. ``"user"`` (as in the LightGCN paper's
+    code): users uniformly, then one of the user's training songs uniformly, so light users
+    weigh as much as heavy ones, as they do in the per-user averaged metrics."""
+    user, song = inter.train_user.long(), inter.train_song.long()
+    n = len(user)
+    if sampling == "edge":
+        def draw(gen):
+            perm = torch.randperm(n, generator=gen)
+            return user[perm], song[perm]
+        return draw
+    if sampling != "user":
+        raise ValueError(f"sampling must be 'user' or 'edge', got {sampling!r}")
+    order = torch.argsort(user, stable=True)
+    songs_by_user = song[order]
+    counts = torch.bincount(user, minlength=inter.n_users)
+    start = counts.cumsum(0) - counts
+    active = torch.nonzero(counts).flatten()
+
+    def draw(gen):
+        users = active[torch.randint(len(active), (n,), generator=gen)]
+        offset = (torch.rand(n, generator=gen) * counts[users]).long()
+        return users, songs_by_user[start[users] + offset]
+    return draw
+
+
+def _train_epoch(model, opt, adj, inter, keys, gen, batch_size, lambda_reg, draw):
+    """One epoch of BPR steps; one full propagation per batch."""
     model.train()
-    perm = torch.randperm(len(inter.train_user), generator=gen)
-    for idx in torch.split(perm, batch_size):
-        users = inter.train_user[idx].long()
-        pos = inter.train_song[idx].long()
+    all_users, all_pos = draw(gen)
+    for users, pos in zip(torch.split(all_users, batch_size), torch.split(all_pos, batch_size)):
         neg = sample_negatives(users, keys, inter.n_songs, gen)
         emb = model.get_embedding(adj)
         u_emb = emb[users]

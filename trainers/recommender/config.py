@@ -22,7 +22,10 @@ class GatSimpleConfig(TrainerConfig):
     num_layers: int = Field(2, ge=1, le=6)
     dropout: float = Field(0.1, ge=0, lt=1)
     conv: Literal["gat", "gatv2"] = "gatv2"
-    weight_decay: float = Field(1e-4, ge=0, le=1, description="L2 on the embeddings in each BPR batch")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="L2 on the user/song vectors of each BPR batch")
+    id_embeddings: list[Literal["user", "song", "artist"]] = Field(
+        default_factory=lambda: ["artist"],
+        description="node types with a free vector per node; the others are built from their neighbours")
     eval_ks: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
     # data: a user's events file, or the seeded synthetic generator
     events: Optional[str] = Field(None, description="Parquet/CSV of listening events; None = synthetic")

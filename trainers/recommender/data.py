@@ -52,6 +52,11 @@ _SESSIONS_PER_DAY = np.array([0.2, 0.5, 1.0])  # mean per user type
 _TRACKS_PER_SESSION = np.array([4.0, 8.0, 12.0])  # mean (geometric) per user type
 _WEEKEND_FACTOR = np.array([1.6, 1.2, 1.0])  # casual users listen mostly at weekends
 _SAME_ARTIST_CONTINUE = 0.45  # chance the next track in a session stays on the same artist
+# Users fall into taste groups that agree on which artists and which of their songs they like
+# beyond global popularity (deep cuts). This is collaborative signal that a rule using only
+# global popularity cannot see, as in real listening data.
+_TASTE_GROUPS = 8
+_GROUP_TASTE_SIGMA = 1.0
 
 # Hour-of-day activity: quiet nights, commute peaks, lunch, big evening peak.
 _HOURS_WEEKDAY = np.array([1, 0.5, 0.3, 0.2, 0.2, 0.4, 1.5, 3.5, 4.5, 3, 2.5, 2.5,
@@ -132,32 +137,44 @@ def _make_songs(rng, n_songs: int, n_artists: int, artist_pop, artist_genres, ar
     return song_artist, appeal, song_genre, duration.astype(np.int64)
 
 
-def _make_users(rng, n_users, genre_pop, artist_pop, artist_genres, artist_has, has_songs):
-    n_genres, n_artists = len(genre_pop), len(artist_pop)
-    user_type = rng.choice(3, n_users, p=_TYPE_SHARE)
-    activity = _SESSIONS_PER_DAY[user_type] * rng.lognormal(-0.08, 0.4, n_users)
-    # Genre taste: 1-3 favourite genres (popular genres more likely), Dirichlet weights,
-    # plus a small floor so every genre can be explored.
+def _genre_affinity(rng, n_users, genre_pop):
+    """1-3 favourite genres per user (popular genres more likely) with Dirichlet weights,
+    plus a small floor so every genre can be explored."""
+    n_genres = len(genre_pop)
     n_fav = rng.integers(1, min(3, n_genres) + 1, n_users)
     fav = _weighted_topk(rng, np.broadcast_to(genre_pop, (n_users, n_genres)), min(3, n_genres))
     fav_w = rng.gamma(1.0, size=fav.shape) * (np.arange(fav.shape[1]) < n_fav[:, None])
     affinity = np.full((n_users, n_genres), 0.02)
     np.add.at(affinity, (np.repeat(np.arange(n_users), fav.shape[1]), fav.ravel()),
               (fav_w / fav_w.sum(axis=1, keepdims=True)).ravel())
-    affinity /= affinity.sum(axis=1, keepdims=True)
-    # Preferred artists: popularity-weighted, tilted towards artists of the user's genres.
+    return affinity / affinity.sum(axis=1, keepdims=True), fav, n_fav
+
+
+def _make_users(rng, n_users, n_days, genre_pop, artist_pop, artist_genres, artist_has,
+                has_songs):
+    n_genres, n_artists = len(genre_pop), len(artist_pop)
+    user_type = rng.choice(3, n_users, p=_TYPE_SHARE)
+    activity = _SESSIONS_PER_DAY[user_type] * rng.lognormal(-0.08, 0.4, n_users)
+    affinity, fav, n_fav = _genre_affinity(rng, n_users, genre_pop)
+    taste_group = rng.integers(0, _TASTE_GROUPS, n_users)
+    # Preferred artists: popularity-weighted, tilted towards artists of the user's genres and
+    # towards artists the user's taste group likes. Only artists with songs qualify.
     artist_genre = np.zeros((n_artists, n_genres))
     np.add.at(artist_genre, (np.repeat(np.arange(n_artists), artist_genres.shape[1]),
                              artist_genres.ravel()), artist_has.ravel().astype(float))
     match = affinity @ artist_genre.T  # (n_users, n_artists)
-    k_max = min(10, n_artists)
-    n_pref = rng.integers(min(3, k_max), k_max + 1, n_users)
-    k_max = min(k_max, int(has_songs.sum()))
-    n_pref = np.minimum(n_pref, k_max)
-    # Only artists with songs can be preferred (matters when n_songs < n_artists).
-    pref = _weighted_topk(rng, (artist_pop * has_songs)[None, :] * (0.002 + match), k_max)
+    group_artist = rng.lognormal(0.0, _GROUP_TASTE_SIGMA, (_TASTE_GROUPS, n_artists))
+    weight = (artist_pop * has_songs)[None, :] * (0.002 + match) * group_artist[taste_group]
+    k_max = min(10, int(has_songs.sum()))
+    n_pref = np.minimum(rng.integers(3, 11, n_users), k_max)
+    pref = _weighted_topk(rng, weight, k_max)  # strongest first
     pref_w = rng.gamma(1.0, size=pref.shape) * (np.arange(k_max) < n_pref[:, None])
-    return user_type, activity, affinity, fav, n_fav, pref, pref_w, n_pref
+    # Taste evolves: the first 3 preferred artists are known from day 0, the others are
+    # discovered at a random time during the period (so late listens hold new artists).
+    since = rng.uniform(0, n_days, pref.shape) * (np.arange(k_max) >= 3)[None, :]
+    return dict(user_type=user_type, activity=activity, affinity=affinity, fav=fav,
+                n_fav=n_fav, taste_group=taste_group, pref=pref, pref_w=pref_w,
+                n_pref=n_pref, since=since)
 
 
 def _make_sessions(rng, user_type, activity, n_days):
@@ -175,29 +192,46 @@ def _make_sessions(rng, user_type, activity, n_days):
     return s_user, start, length
 
 
+class _GroupSongSampler:
+    """Draws a song for (taste group, key) pairs, where key is a song attribute (artist or
+    genre) and weights are per group: all groups' songs are flattened into one table so a
+    single vectorised draw serves every group."""
+
+    def __init__(self, key_of_song, n_keys, group_weight):
+        self.n_keys, self.n_songs = n_keys, group_weight.shape[1]
+        groups = np.arange(group_weight.shape[0])[:, None]
+        self.flat_key = (groups * n_keys + key_of_song[None, :]).ravel()
+        self.flat_weight = group_weight.ravel()
+
+    def draw(self, rng, group, key):
+        flat = _sample_in_groups(rng, self.flat_key, self.flat_weight,
+                                 group * self.n_keys + key)
+        return flat % self.n_songs
+
+
 def generate_listening_data(n_users: int = 1000, n_songs: int = 5000, n_artists: int = 500,
                             n_days: int = 30, n_genres: int = 35,
                             seed: int = 42) -> dict[str, pd.DataFrame]:
     """Seeded synthetic listening history; returns tables ``events, songs, artists, users``.
 
-    Each session picks "runs" of tracks: a run starts on a preferred artist (70%), a song of a
-    liked genre (20%) or a globally popular song (10%), and continues on the same artist with
-    probability 0.45 per track. Songs inside an artist follow a heavy-tailed appeal (hits).
-    ``events.timestamp`` is the play's start in int64 unix seconds; plays in a session follow
-    each other back to back (ms_played plus a 0-4 s gap).
+    Each session is cut into "runs" of tracks: a run starts on one of the user's preferred
+    artists already discovered at that time (70%), a song of a liked genre (20%) or a
+    globally popular song (10%), and each next track stays on the run's artist with
+    probability 0.45. Songs inside an artist follow a heavy-tailed appeal (hits), reweighted
+    per taste group (8 groups of users who share preferences for particular songs and
+    artists). ``events.timestamp`` is the play's start in int64 unix seconds; plays in a
+    session follow each other back to back (ms_played plus a 0-4 s gap).
     """
     rng = np.random.default_rng(seed)
     genre_pop, artist_pop, artist_genres, artist_has = _make_artists(rng, n_artists, n_genres)
     song_artist, appeal, song_genre, duration = _make_songs(
         rng, n_songs, n_artists, artist_pop, artist_genres, artist_has)
-    song_pop = artist_pop[song_artist] * appeal
     has_songs = np.bincount(song_artist, minlength=n_artists) > 0
-    (user_type, activity, affinity, fav, n_fav,
-     pref, pref_w, n_pref) = _make_users(rng, n_users, genre_pop, artist_pop, artist_genres,
-                                         artist_has, has_songs)
-    s_user, s_start, s_len = _make_sessions(rng, user_type, activity, n_days)
+    users = _make_users(rng, n_users, n_days, genre_pop, artist_pop, artist_genres,
+                        artist_has, has_songs)
+    s_user, s_start, s_len = _make_sessions(rng, users["user_type"], users["activity"], n_days)
 
-    # Events: position in session, then runs ("picks") of same-artist tracks.
+    # Events: position in session, then runs of same-artist tracks.
     n_events = int(s_len.sum())
     ev_session = np.repeat(np.arange(len(s_len)), s_len)
     first_of_session = np.concatenate([[0], np.cumsum(s_len)[:-1]])
@@ -205,28 +239,24 @@ def generate_listening_data(n_users: int = 1000, n_songs: int = 5000, n_artists:
     ev_user = s_user[ev_session]
     new_run = (position == 0) | (rng.random(n_events) >= _SAME_ARTIST_CONTINUE)
     run_id = np.cumsum(new_run) - 1
-    run_user = ev_user[new_run]
-    run_source = rng.choice(3, len(run_user), p=_SOURCE_SHARE)
+    run_day = (s_start[ev_session[new_run]] - _EPOCH_START) / 86_400.0
+    run_source = rng.choice(3, len(run_day), p=_SOURCE_SHARE)
 
-    run_song = np.empty(len(run_user), dtype=np.int64)
-    src = run_source == 0  # preferred artist, then a song of it by appeal
-    artist = pref[run_user[src], _sample_rows(rng, pref_w[run_user[src]])]
-    run_song[src] = _sample_in_groups(rng, song_artist, appeal, artist)
-    src = run_source == 1  # liked genre, then a song of it by popularity
-    genre = _sample_rows(rng, affinity[run_user[src]])
-    genre = _fallback_to_populated(genre, song_genre, rng)
-    run_song[src] = _sample_in_groups(rng, song_genre, song_pop, genre)
-    src = run_source == 2  # globally popular
-    run_song[src] = rng.choice(n_songs, int(src.sum()), p=song_pop / song_pop.sum())
-
+    group_appeal = appeal[None, :] * rng.lognormal(0.0, _GROUP_TASTE_SIGMA,
+                                                   (_TASTE_GROUPS, n_songs))
+    in_artist = _GroupSongSampler(song_artist, n_artists, group_appeal)
+    in_genre = _GroupSongSampler(song_genre, n_genres, group_appeal * artist_pop[song_artist])
+    group = users["taste_group"][ev_user]
+    run_song = _draw_run_songs(rng, run_source, ev_user[new_run], group[new_run], run_day,
+                               users, in_artist, in_genre, song_genre,
+                               artist_pop[song_artist] * appeal)
     # Continuations stay on the run's artist and draw another song of it.
-    track = run_song[run_id].copy()
+    track = run_song[run_id]
     cont = ~new_run
-    track[cont] = _sample_in_groups(rng, song_artist, appeal, song_artist[track[cont]])
+    track[cont] = in_artist.draw(rng, group[cont], song_artist[track[cont]])
 
     ms_played = _play_behaviour(rng, run_source[run_id], duration[track])
     timestamp = _session_timestamps(rng, ms_played, s_start, ev_session, first_of_session)
-
     events = pd.DataFrame({
         "user_id": ev_user.astype(np.int64), "track_id": track.astype(np.int64),
         "artist_id": song_artist[track].astype(np.int64), "timestamp": timestamp,
@@ -241,12 +271,39 @@ def generate_listening_data(n_users: int = 1000, n_songs: int = 5000, n_artists:
         "artists": pd.DataFrame({"artist_id": np.arange(n_artists, dtype=np.int64),
                                  "popularity": artist_pop,
                                  "genres": _ragged(artist_genres, artist_has.sum(axis=1))}),
-        "users": pd.DataFrame({"user_id": np.arange(n_users, dtype=np.int64),
-                               "user_type": np.asarray(USER_TYPES)[user_type],
-                               "sessions_per_day": activity,
-                               "preferred_artists": _ragged(pref, n_pref),
-                               "favourite_genres": _ragged(fav, n_fav)}),
+        "users": _users_table(users),
     }
+
+
+def _draw_run_songs(rng, source, user, group, day, users, in_artist, in_genre, song_genre,
+                    song_pop):
+    """First song of each run, by the run's source (0 preferred, 1 genre, 2 popular)."""
+    song = np.empty(len(source), dtype=np.int64)
+    src = source == 0  # a preferred artist discovered by then, then a song of it
+    u = user[src]
+    weight = users["pref_w"][u] * (users["since"][u] <= day[src, None])
+    artist = users["pref"][u, _sample_rows(rng, weight)]
+    song[src] = in_artist.draw(rng, group[src], artist)
+    src = source == 1  # a liked genre, then a song of it (group taste x popularity)
+    genre = _sample_rows(rng, users["affinity"][user[src]])
+    genre = _fallback_to_populated(genre, song_genre, rng)
+    song[src] = in_genre.draw(rng, group[src], genre)
+    src = source == 2  # globally popular
+    song[src] = rng.choice(len(song_pop), int(src.sum()), p=song_pop / song_pop.sum())
+    return song
+
+
+def _users_table(users: dict) -> pd.DataFrame:
+    n = len(users["user_type"])
+    return pd.DataFrame({
+        "user_id": np.arange(n, dtype=np.int64),
+        "user_type": np.asarray(USER_TYPES)[users["user_type"]],
+        "sessions_per_day": users["activity"],
+        "taste_group": users["taste_group"].astype(np.int64),
+        "preferred_artists": _ragged(users["pref"], users["n_pref"]),
+        "preferred_since_day": _ragged(users["since"], users["n_pref"]),
+        "favourite_genres": _ragged(users["fav"], users["n_fav"]),
+    })
 
 
 def _fallback_to_populated(genre, song_genre, rng):

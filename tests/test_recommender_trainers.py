@@ -1,0 +1,104 @@
+"""gat-simple / gat-advanced in-process (LocalContext): learning, resume, hooks, factory."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import SMALL_DATA
+from trainers.checkpoint import CheckpointError
+from trainers.context import LocalContext
+from trainers.recommender.baselines import popularity_baseline
+from trainers.recommender.model import GATRecommender
+from trainers.recommender.trainers import CurriculumTrainer, GatAdvancedTrainer, create_trainer
+
+
+@pytest.fixture
+def small(data_dir):
+    return {**SMALL_DATA, "data_dir": data_dir}
+
+
+def test_advanced_learns_beats_popularity_and_tests_the_best_model(small, tmp_path):
+    context = LocalContext("gat-advanced", tmp_path, resume=False)
+    trainer = create_trainer("advanced", {**small, "max_iterations": 12, "patience": 4, "lr": 0.01}, context)
+    result = trainer.fit()
+    losses = [row["loss"] for row in result.history]
+    assert losses[-1] < 0.6 * losses[0]
+    popularity = popularity_baseline(trainer.data, "val")
+    assert result.best_metrics["val_recall@20"] > popularity["recall@20"]
+    # the test metrics were computed on the restored best weights
+    assert set(result.final_metrics) >= {"test_recall@10", "test_ndcg@10", "test_recall@20", "test_ndcg@20"}
+    best = trainer.best_state
+    assert all(torch.equal(v, trainer.network.state_dict()[k]) for k, v in best.items())
+    assert context.reports[-1]["best_iteration"] == result.best_iteration
+
+
+def test_simple_reports_in_sample_metrics_only(small):
+    trainer = create_trainer("simple", {**small, "max_iterations": 2})
+    result = trainer.fit()
+    assert trainer.data.val_user.numel() == 0 and trainer.data.test_user.numel() == 0
+    assert "insample_recall@10" in result.metrics and not any(k.startswith(("val_", "test_")) for k in result.metrics)
+
+
+def test_messages_reach_the_right_nodes(small):
+    """Changing one song's embedding changes the users who heard it and no one else (layer 1)."""
+    trainer = create_trainer("advanced", {**small, "num_layers": 1, "dropout": 0.0})
+    network = trainer.network.eval()
+    with torch.no_grad():
+        before = network(trainer.edge_index, trainer.edge_attr)["user"].clone()
+        song = int(trainer.data.train_song[0])
+        network.embeddings["song"].weight[song] += 1.0
+        after = network(trainer.edge_index, trainer.edge_attr)["user"]
+    changed = set(torch.nonzero((after - before).abs().sum(1) > 1e-6).flatten().tolist())
+    listeners = set(trainer.data.train_user[trainer.data.train_song == song].tolist())
+    assert changed == listeners
+
+
+def test_resume_continues_where_it_stopped(small, tmp_path):
+    straight = create_trainer("advanced", {**small, "max_iterations": 4, "patience": 0},
+                              LocalContext("gat-advanced", tmp_path / "a")).fit()
+
+    class StopAfterTwo(GatAdvancedTrainer):
+        def on_epoch_end(self, epoch, metrics):
+            if epoch == 2:
+                raise KeyboardInterrupt
+            return False
+
+    config = GatAdvancedTrainer.config_class(**small, max_iterations=4, patience=0)
+    with pytest.raises(KeyboardInterrupt):
+        StopAfterTwo(config, LocalContext("gat-advanced", tmp_path / "b")).fit()
+    resumed = GatAdvancedTrainer(config, LocalContext("gat-advanced", tmp_path / "b")).fit()
+    assert [r["iteration"] for r in resumed.history] == [1, 2, 3, 4]
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in straight.history], rel=1e-5)
+
+
+def test_checkpoint_of_other_algorithm_is_refused(small, tmp_path):
+    create_trainer("simple", {**small, "max_iterations": 1}, LocalContext("gat-simple", tmp_path)).fit()
+    with pytest.raises(CheckpointError, match="'gat-simple', not 'gat-advanced'"):
+        create_trainer("advanced", {**small, "max_iterations": 1}, LocalContext("gat-advanced", tmp_path)).fit()
+
+
+def test_curriculum_hook_widens_the_edges(small):
+    trainer = create_trainer("curriculum", {**small, "max_iterations": 1})
+    sizes = []
+    for epoch in range(6):
+        trainer.on_epoch_start(epoch)
+        sizes.append(len(trainer.training_edge_ids()))
+    total = len(trainer.data.train_user)
+    assert sizes[0] == int(total * 0.2) and sizes[-1] == total and sizes == sorted(sizes)
+    assert isinstance(trainer, CurriculumTrainer)
+
+
+def test_factory_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="simple, advanced, curriculum"):
+        create_trainer("fancy")
+
+
+def test_ddp_has_no_unused_parameters(small):
+    """Every parameter gets a gradient from the BPR loss (DDP would fail otherwise)."""
+    trainer = create_trainer("advanced", {**small, "max_iterations": 1})
+    embeddings = trainer.model(trainer.edge_index, trainer.edge_attr)
+    ranking, penalty = trainer.bpr_loss(embeddings, torch.arange(64), torch.Generator().manual_seed(0))
+    (ranking + penalty).backward()
+    unused = [name for name, p in trainer.network.named_parameters() if p.grad is None]
+    assert unused == []
+    assert isinstance(trainer.network, GATRecommender)
