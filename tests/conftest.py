@@ -14,6 +14,12 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small(data_dir):
+    """Config values for an in-process trainer on the small dataset."""
+    return {**SMALL_DATA, "data_dir": data_dir}
+
+
+@pytest.fixture(scope="session")
 def small_sets(data_dir):
     """--set pairs for a run on the small dataset."""
     return [f"{k}={v}" for k, v in {**SMALL_DATA, "data_dir": data_dir}.items()]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import SMALL_DATA
 from trainers.checkpoint import CheckpointError
 from trainers.context import LocalContext
 from trainers.recommender.baselines import popularity_baseline
@@ -12,14 +11,10 @@ from trainers.recommender.model import GATRecommender
 from trainers.recommender.trainers import CurriculumTrainer, GatAdvancedTrainer, create_trainer
 
 
-@pytest.fixture
-def small(data_dir):
-    return {**SMALL_DATA, "data_dir": data_dir}
-
-
 def test_advanced_learns_beats_popularity_and_tests_the_best_model(small, tmp_path):
     context = LocalContext("gat-advanced", tmp_path, resume=False)
-    trainer = create_trainer("advanced", {**small, "max_iterations": 12, "patience": 4, "lr": 0.01}, context)
+    trainer = create_trainer("advanced", {**small, "max_iterations": 15, "patience": 0, "lr": 0.01,
+                                          "batch_size": 512}, context)
     result = trainer.fit()
     losses = [row["loss"] for row in result.history]
     assert losses[-1] < 0.6 * losses[0]
@@ -41,7 +36,8 @@ def test_simple_reports_in_sample_metrics_only(small):
 
 def test_messages_reach_the_right_nodes(small):
     """Changing one song's embedding changes the users who heard it and no one else (layer 1)."""
-    trainer = create_trainer("advanced", {**small, "num_layers": 1, "dropout": 0.0})
+    trainer = create_trainer("advanced", {**small, "num_layers": 1, "dropout": 0.0,
+                                          "id_embeddings": ["user", "song", "artist"]})
     network = trainer.network.eval()
     with torch.no_grad():
         before = network(trainer.edge_index, trainer.edge_attr)["user"].clone()
@@ -91,6 +87,25 @@ def test_curriculum_hook_widens_the_edges(small):
 def test_factory_rejects_unknown_kind():
     with pytest.raises(ValueError, match="simple, advanced, curriculum"):
         create_trainer("fancy")
+
+
+def test_id_embeddings_choose_free_vectors(small):
+    default = create_trainer("advanced", small).network
+    assert set(default.embeddings) == {"artist"} and set(default.type_vectors) == {"user", "song"}
+    every = create_trainer("advanced", {**small, "id_embeddings": ["user", "song", "artist"]}).network
+    assert set(every.embeddings) == {"user", "song", "artist"} and not every.type_vectors
+
+
+def test_batch_edges_leave_the_message_graph(small):
+    trainer = create_trainer("advanced", small)
+    batch = torch.tensor([0, 5, 7])
+    edge_index, edge_attr = trainer.message_graph(batch)
+    listens = edge_index[("user", "listens", "song")]
+    assert listens.shape[1] == len(trainer.data.train_user) - 3
+    removed = {(int(trainer.data.train_user[i]), int(trainer.data.train_song[i])) for i in batch}
+    remaining = set(map(tuple, listens.t().tolist()))
+    assert not removed & remaining
+    assert edge_attr[("song", "rev_listens", "user")].shape[0] == listens.shape[1]
 
 
 def test_ddp_has_no_unused_parameters(small):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
+from torch_geometric.nn import LightGCN
 
 from .data import Interactions, sample_negatives, training_keys
 from .metrics import ranking_metrics
@@ -72,12 +73,12 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
                       num_layers: int = 3, epochs: int = 200, lr: float = 0.01,
                       seed: int = 0, batch_size: int = 2048, lambda_reg: float = 1e-3,
                       eval_every: int = 5, patience: int = 8, sampling: str = "user",
-                      ks: Sequence[int] = (10, 20), verbose: bool = False
-                      ) -> dict[str, float]:
+                      ks: Sequence[int] = (10, 20), num_threads: Optional[int] = 1,
+                      verbose: bool = False) -> dict[str, float]:
     """Train ``torch_geometric.nn.LightGCN`` with BPR and return ``split`` metrics of the
-    best model by validation recall@20 (early stopping: evaluated every ``eval_every`` epochs,
-    stops after ``patience`` evaluations without improvement; the best weights are restored
-    before the final evaluation).
+    best model by validation recall@max(ks) (recall@20 by default). Early stopping: evaluated
+    every ``eval_every`` epochs, stops after ``patience`` evaluations without improvement;
+    the best weights are restored before the final evaluation.
 
     Negatives are true negatives (:func:`sample_negatives`). An epoch is len(train) samples;
     ``sampling="user"`` draws users uniformly then one of their songs (LightGCN's own code),
@@ -86,16 +87,33 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
     Defaults, chosen by a small sweep on the default synthetic data (temporal split, selected
     on validation recall@20; 64-d and 3 layers fixed as in the spec): Adam lr 1e-2, batch
     2048, L2 1e-3 on the batch's layer-0 embeddings (PyG's BPRLoss form: summed squares /
-    batch size), up to 200 epochs. Sweep (val recall@20): lr 5e-3..2e-2 moved it by < 0.01;
-    L2 1e-4 -> 0.127, 1e-3 -> 0.137, 1e-2 -> 0.10; user vs edge sampling 0.137 vs 0.133.
-    For scale, EASE (a strong closed-form item-item model) reaches 0.139 on the same split,
+    batch size), up to 200 epochs. Sweep (val recall@20): on an earlier generator version
+    L2 1e-4 / 1e-3 / 1e-2 gave 0.127 / 0.146 / 0.104 (lr 1e-2) and lr 5e-3..2e-2 moved it by
+    < 0.01; on the current data lr 1e-2, L2 1e-3 gives 0.137 with user sampling and 0.133
+    with edge sampling (lr 2e-2, batch 4096: 0.125-0.129 after 60 epochs). For scale, EASE (a strong closed-form item-item model) reaches 0.139 on the same split,
     so this is close to what ID-only collaborative filtering gets on this data.
+
+    ``num_threads``: torch intra-op threads while this runs (restored afterwards). 1 by
+    default: at this size a second thread gains ~15% on an idle 2-core machine, but when
+    the cores are shared (parallel Ray trials, other jobs) OpenMP spin-waiting made an epoch
+    30x slower in our measurements. ``None`` leaves the setting alone.
 
     Extra keys in the result: ``best_epoch``, ``epochs_run``, ``seconds``. Without validation
     items (split="none") it trains for ``epochs`` and keeps the last model.
     """
-    from torch_geometric.nn import LightGCN
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _fit_lightgcn(inter, split, embedding_dim, num_layers, epochs, lr, seed,
+                             batch_size, lambda_reg, eval_every, patience, sampling, ks,
+                             verbose)
+    finally:
+        torch.set_num_threads(previous)
 
+
+def _fit_lightgcn(inter, split, embedding_dim, num_layers, epochs, lr, seed, batch_size,
+                  lambda_reg, eval_every, patience, sampling, ks, verbose):
     start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -106,6 +124,7 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
     keys = training_keys(inter)
     draw = _training_sampler(inter, sampling)
     has_val = len(inter.val_user) > 0
+    monitor = f"recall@{max(ks)}"
 
     def score_fn_of(emb):
         users_emb, songs_emb = emb[:inter.n_users], emb[inter.n_users:]
@@ -119,9 +138,9 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
         with torch.no_grad():
             val = ranking_metrics(score_fn_of(model.get_embedding(adj)), inter, "val", ks)
         if verbose:
-            print(f"epoch {epoch}: val recall@20 {val.get('recall@20', float('nan')):.4f}")
-        if val["recall@20"] > best:
-            best, best_epoch, bad = val["recall@20"], epoch, 0
+            print(f"epoch {epoch}: val {monitor} {val[monitor]:.4f}")
+        if val[monitor] > best:
+            best, best_epoch, bad = val[monitor], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
