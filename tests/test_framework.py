@@ -248,3 +248,35 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
     assert torch.equal(load_checkpoint(target)["trainer"]["x"], torch.ones(2))
     assert zipfile.is_zipfile(io.BytesIO(target.read_bytes()))
+
+
+def test_a_checkpoint_loaded_under_a_new_lr_takes_the_new_lr(tmp_path):
+    """What PBT does: another trial's weights and optimiser state, this trial's config."""
+    class PausedAtThree(LineTrainer):
+        def on_iteration_end(self, iteration, metrics):
+            if iteration == 3:
+                raise KeyboardInterrupt  # a checkpoint of iteration 3 exists, the run is not finished
+            return False
+
+    with pytest.raises(KeyboardInterrupt):
+        PausedAtThree(LineConfig(max_iterations=5, lr=0.1), LocalContext("line", tmp_path)).fit()
+    trainer = LineTrainer(LineConfig(max_iterations=5, lr=0.02), LocalContext("line", tmp_path))
+    result = trainer.fit()
+    assert [row["lr"] for row in result.history][3:] == [0.02, 0.02]
+    assert result.history[0]["lr"] == 0.1  # the history itself came from the checkpoint
+
+
+def test_wandb_is_offline_without_a_key_and_keeps_secrets_out(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    from trainers.run_logger import RunLogger, public_config, wandb_mode
+
+    assert wandb_mode() == "offline"
+    assert public_config({"lr": 0.1, "wandb_api_key": "abc", "token": "x"}) == {"lr": 0.1}
+    logger = RunLogger(tmp_path, {"lr": 0.1, "api_key": "sekrit"}, "t", use_wandb=True, echo=False)
+    logger.log_metrics({"loss": 1.0, "iteration": 1})
+    logger.close()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert not any("sekrit" in p.read_text(errors="ignore") for p in runs[0].rglob("*.yaml"))
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -208,6 +208,7 @@ class Trainer:
             "history": list(self.history),
             "rng": rng_state(),
             "extra": self.extra_state(),
+            "config_lr": float(self.config.lr),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -216,6 +217,8 @@ class Trainer:
         self.load_model_state(state["model"])
         if self.optimizer and state["optimizer"]:
             self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("config_lr", self.config.lr) != self.config.lr:
+                self._restart_lr(self.config.lr)  # PBT exploit: new config, old weights
         if self.scheduler and state["scheduler"]:
             self.scheduler.load_state_dict(state["scheduler"])
         self.early_stopping.load_state_dict(state["early_stopping"])
@@ -224,6 +227,12 @@ class Trainer:
         self.history = list(state["history"])
         set_rng_state(state["rng"])
         self.load_extra_state(state.get("extra", {}))
+
+    def _restart_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = lr
+        if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
 
     def extra_state(self) -> dict[str, Any]:
         """Algorithm-specific counters to resume (sample index, masks...)."""

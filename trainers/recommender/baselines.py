@@ -90,8 +90,9 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
     batch size), up to 200 epochs. Sweep (val recall@20): on an earlier generator version
     L2 1e-4 / 1e-3 / 1e-2 gave 0.127 / 0.146 / 0.104 (lr 1e-2) and lr 5e-3..2e-2 moved it by
     < 0.01; on the current data lr 1e-2, L2 1e-3 gives 0.137 with user sampling and 0.133
-    with edge sampling (lr 2e-2, batch 4096: 0.125-0.129 after 60 epochs). For scale, EASE (a strong closed-form item-item model) reaches 0.139 on the same split,
-    so this is close to what ID-only collaborative filtering gets on this data.
+    with edge sampling (lr 2e-2, batch 4096: 0.125-0.129 after 60 epochs). For scale, EASE
+    (a strong closed-form item-item model) reaches 0.139 on the same split, so this is close
+    to what ID-only collaborative filtering gets on this data.
 
     ``num_threads``: torch intra-op threads while this runs (restored afterwards). 1 by
     default: at this size a second thread gains ~15% on an idle 2-core machine, but when
