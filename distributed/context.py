@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from trainers.checkpoint import STATE_FILE, CheckpointError, load_checkpoint, save_atomic
+from trainers.context import LoggingMixin
 from trainers.run_logger import RunLogger
 
 
@@ -28,19 +29,14 @@ def _load_ray_checkpoint(checkpoint, algorithm: str) -> dict[str, Any] | None:
         return load_checkpoint(Path(folder), algorithm)["trainer"]
 
 
-class _LoggingMixin:
-    logger: RunLogger | None = None
-
-    def log_figure(self, tag: str, figure: Any, iteration: int) -> None:
-        if self.logger is not None:
-            self.logger.log_figure(tag, figure, iteration)
-
-    def close(self) -> None:
-        if self.logger is not None:
-            self.logger.close()
+def _report_with_checkpoint(report, checkpoint_class, metrics: dict[str, float], state: dict[str, Any]) -> None:
+    """Write the state atomically into a temporary folder that Ray persists, then report."""
+    with tempfile.TemporaryDirectory(prefix="trainyard-ckpt-") as folder:
+        save_atomic(state, Path(folder) / STATE_FILE)
+        report(metrics, checkpoint=checkpoint_class.from_directory(folder))
 
 
-class RayTrainContext(_LoggingMixin):
+class RayTrainContext(LoggingMixin):
     def __init__(self, algorithm: str, config: dict[str, Any], run_dir: str, run_name: str,
                  use_wandb: bool = False, max_iterations: int | None = None):
         train_context = ray.train.get_context()
@@ -61,9 +57,7 @@ class RayTrainContext(_LoggingMixin):
         if state is None or self.rank != 0:
             ray.train.report(metrics)  # every rank reports; only rank 0 carries the checkpoint
             return
-        with tempfile.TemporaryDirectory(prefix="trainyard-ckpt-") as folder:
-            save_atomic(state, Path(folder) / STATE_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        _report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, state)
 
     def latest_state(self) -> dict[str, Any] | None:
         return _load_ray_checkpoint(ray.train.get_checkpoint(), self.algorithm)
@@ -81,7 +75,7 @@ class RayTrainContext(_LoggingMixin):
         return {**values, **dict(zip(keys, tensor.tolist()))}
 
 
-class RayTuneContext(_LoggingMixin):
+class RayTuneContext(LoggingMixin):
     """A one-worker trainer inside a Tune trial: no TorchTrainer, Tune's own report/checkpoint."""
 
     rank = 0
@@ -101,9 +95,7 @@ class RayTuneContext(_LoggingMixin):
         if state is None:
             ray.tune.report(metrics)
             return
-        with tempfile.TemporaryDirectory(prefix="trainyard-ckpt-") as folder:
-            save_atomic(state, Path(folder) / STATE_FILE)
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+        _report_with_checkpoint(ray.tune.report, ray.tune.Checkpoint, metrics, state)
 
     def latest_state(self) -> dict[str, Any] | None:
         return _load_ray_checkpoint(ray.tune.get_checkpoint(), self.algorithm)

@@ -15,7 +15,21 @@ from trainers.checkpoint import STATE_FILE, CheckpointError, load_checkpoint, sa
 from trainers.run_logger import RunLogger
 
 
-class LocalContext:
+class LoggingMixin:
+    """Figures and closing for every context that owns a RunLogger (rank 0 only)."""
+
+    logger: RunLogger | None = None
+
+    def log_figure(self, tag: str, figure: Any, iteration: int) -> None:
+        if self.logger is not None:
+            self.logger.log_figure(tag, figure, iteration)
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+
+
+class LocalContext(LoggingMixin):
     rank = 0
     world_size = 1
 
@@ -28,7 +42,6 @@ class LocalContext:
         self.keep = keep
         self.resume = resume
         self.reports: list[dict[str, float]] = []
-        self.logger = None
         if self.output_dir is not None:
             self.logger = RunLogger(self.output_dir, config or {}, run_name=algorithm,
                                     use_wandb=use_wandb, echo=echo)
@@ -74,11 +87,3 @@ class LocalContext:
 
     def average(self, values: dict[str, float]) -> dict[str, float]:
         return dict(values)
-
-    def log_figure(self, tag: str, figure: Any, iteration: int) -> None:
-        if self.logger is not None:
-            self.logger.log_figure(tag, figure, iteration)
-
-    def close(self) -> None:
-        if self.logger is not None:
-            self.logger.close()
