@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                             scheduler=make_scheduler(args.scheduler, config.max_iterations, space),
                             search=make_search(args.search, config.metric, config.mode),
                             num_samples=args.num_samples, concurrency=plan.concurrency,
-                            storage=storage, name=name, use_wandb=args.wandb)
+                            storage=storage, name=name, use_wandb=args.wandb,
+                            reuse_actors=plan.mode == "inline")
     grid = tuner.fit()
     seconds = time.perf_counter() - started
     counts = trial_counts(grid)

@@ -123,7 +123,7 @@ def build_trainable(plan: TrialPlan, algorithm: str, base_config: dict[str, Any]
 
 def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, scheduler, search,
                 num_samples: int, concurrency: int, storage: Path, name: str, use_wandb: bool,
-                max_failures: int = 1) -> tune.Tuner:
+                reuse_actors: bool = False, max_failures: int = 1) -> tune.Tuner:
     callbacks = []
     if use_wandb:
         from ray.air.integrations.wandb import WandbLoggerCallback
@@ -133,7 +133,10 @@ def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, sch
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler, search_alg=search,
-                                    num_samples=num_samples, max_concurrent_trials=concurrency),
+                                    num_samples=num_samples, max_concurrent_trials=concurrency,
+                                    # inline trials: the next trial reuses the process (torch and
+                                    # torch-geometric already imported) instead of starting one
+                                    reuse_actors=reuse_actors),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=max_failures)),
     )

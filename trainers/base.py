@@ -151,7 +151,9 @@ class Trainer:
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None
+        started = time.perf_counter()
         self.setup()
+        self.setup_seconds = time.perf_counter() - started
 
     # ----- what an algorithm fills in -------------------------------------------------------
     def setup(self) -> None:
@@ -321,6 +323,7 @@ class Trainer:
             **final,
             "best_iteration": self.early_stopping.best_iteration + 1,
             "stopped_early": float(stopped_early),
+            "setup_seconds": self.setup_seconds,
             "done": 1.0,
         }
         if self.context.rank == 0:

@@ -21,7 +21,7 @@ def format_progress(metrics: dict[str, float], max_iterations: int | None = None
     iteration = int(metrics.get("iteration", 0))
     head = f"iter {iteration}" + (f"/{max_iterations}" if max_iterations else "")
     shown = [f"{k}={v:.4g}" for k, v in metrics.items()
-             if k not in ("iteration", "done", "elapsed_seconds") and isinstance(v, (int, float))]
+             if k not in ("iteration", "done", "elapsed_seconds", "setup_seconds") and isinstance(v, (int, float))]
     return head + "  " + "  ".join(shown)
 
 
