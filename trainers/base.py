@@ -8,6 +8,7 @@ distributed/).
 """
 from __future__ import annotations
 
+import abc
 import copy
 import math
 import random
@@ -129,7 +130,7 @@ def _python_state() -> list[Any]:
     return [version, list(internal), gauss]
 
 
-class Trainer:
+class Trainer(abc.ABC):
     """Template for every algorithm. Subclasses set `algorithm` and `config_class`."""
 
     algorithm: ClassVar[str] = ""
@@ -159,9 +160,9 @@ class Trainer:
     def setup(self) -> None:
         """Build data, model, optimiser and scheduler (self.model/self.optimizer/self.scheduler)."""
 
+    @abc.abstractmethod
     def step(self) -> dict[str, float]:
         """Train for one iteration; return training metrics."""
-        raise NotImplementedError(f"{type(self).__name__} must implement step()")
 
     def evaluate(self) -> dict[str, float]:
         """Metrics after the iteration (validation metrics where the algorithm has them)."""
