@@ -62,8 +62,14 @@ def to_image(spectrum: torch.Tensor) -> torch.Tensor:
 
 
 def intensity(spectrum: torch.Tensor) -> torch.Tensor:
-    """|E|^2 of the image of a (batch of) pupil-filtered spectra: THE measurement definition."""
-    return to_image(spectrum).abs().square()
+    """|E|^2 of the image of a (batch of) pupil-filtered spectra: THE measurement definition.
+
+    Equal to `to_image(spectrum).abs().square()`; the output fftshift is done on the real
+    intensity and |z|^2 as re^2 + im^2 (no square root), which makes it ~2x faster.
+    """
+    field = torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1)), norm="ortho")
+    power = torch.view_as_real(field).square().sum(dim=-1)
+    return torch.fft.fftshift(power, dim=(-2, -1))
 
 
 # ---------------------------------------------------------------- pupils
@@ -88,12 +94,13 @@ def pupil_masks(centres: torch.Tensor, diameter: float, grid: int) -> torch.Tens
 
 # ---------------------------------------------------------------- measurement
 def measure(spectrum: torch.Tensor, positions: torch.Tensor, diameter: float,
-            chunk_size: int = 128) -> torch.Tensor:
+            chunk_size: int = 16) -> torch.Tensor:
     """Intensities of every sample in one call: (n, N, N) float32.
 
     `positions` is (n, 2) aperture centres, or (n, k, 2) positions along n line samples, whose
     exposure is the incoherent mean over k. Batched FFTs over `chunk_size` samples at a time
     (memory ~ 16 * chunk_size * k * N^2 bytes); the result does not depend on the chunking.
+    16 is fastest on one CPU thread at N = 256 (cache-sized); on a GPU pass a larger chunk.
     """
     positions = torch.as_tensor(positions, dtype=torch.float32, device=spectrum.device)
     if positions.ndim == 2:
@@ -110,7 +117,7 @@ def measure(spectrum: torch.Tensor, positions: torch.Tensor, diameter: float,
 
 def simulate(obj: torch.Tensor, positions: torch.Tensor, diameter: float, grid: int,
              snr_db: float | None = None, noise: NoiseKind = "gaussian", seed: int = 0,
-             chunk_size: int = 128) -> torch.Tensor:
+             chunk_size: int = 16) -> torch.Tensor:
     """Measurements of an (s, s) object padded to the grid, noise-free when `snr_db` is None."""
     images = measure(to_spectrum(pad_to_grid(obj, grid)), positions, diameter, chunk_size)
     if snr_db is None:
