@@ -16,6 +16,13 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
     return code
 
 
+def require_minimums(parser, checks: list[tuple[str, float, float]]) -> None:
+    """argparse exit 2 with a one-line message for a flag below its minimum."""
+    for flag, value, low in checks:
+        if value < low:
+            parser.error(f"{flag} must be >= {low:g}, got {value:g}")
+
+
 def assemble_config(algorithm: str, config_file: str | None, sets: list[str]) -> tuple[AlgorithmSpec, TrainerConfig]:
     """Defaults < YAML file < --set pairs, validated; raises ConfigError/UnknownAlgorithm."""
     spec = get_algorithm(algorithm)

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cli_common import (EXIT_FAILED, EXIT_OK, assemble_config, config_error_types, fail,
-                        resolve_storage, start_ray)
+                        require_minimums, resolve_storage, start_ray)
 from trainers.checkpoint import CheckpointError, load_checkpoint
 from trainers.registry import ALGORITHMS
 
@@ -43,12 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-checkpoints", type=int, default=2, help="best K checkpoints kept (the latest always)")
     parser.add_argument("--wandb", action="store_true", help="log to W&B (offline unless WANDB_API_KEY is set)")
     args = parser.parse_args(argv)
-    for flag, value, low in (("--workers", args.workers, 1), ("--max-failures", args.max_failures, 0),
-                             ("--keep-checkpoints", args.keep_checkpoints, 1)):
-        if value < low:
-            parser.error(f"{flag} must be >= {low}, got {value}")
-    if args.gpus_per_worker < 0:
-        parser.error(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker:g}")
+    require_minimums(parser, [("--workers", args.workers, 1), ("--max-failures", args.max_failures, 0),
+                              ("--keep-checkpoints", args.keep_checkpoints, 1),
+                              ("--gpus-per-worker", args.gpus_per_worker, 0)])
     return args
 
 

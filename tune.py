@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cli_common import (EXIT_FAILED, EXIT_OK, assemble_config, config_error_types, fail,
-                        resolve_storage, start_ray)
+                        require_minimums, resolve_storage, start_ray)
 from trainers.registry import ALGORITHMS
 
 
@@ -42,12 +42,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", help="Ray cluster to join; default RAY_ADDRESS or a local Ray")
     parser.add_argument("--wandb", action="store_true", help="log every trial to W&B (offline unless WANDB_API_KEY)")
     args = parser.parse_args(argv)
-    for flag, value in (("--num-samples", args.num_samples), ("--workers-per-trial", args.workers_per_trial),
-                        ("--max-concurrent", args.max_concurrent or 1)):
-        if value < 1:
-            parser.error(f"{flag} must be >= 1, got {value}")
-    if args.gpus_per_worker < 0:
-        parser.error(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker:g}")
+    require_minimums(parser, [("--num-samples", args.num_samples, 1),
+                              ("--workers-per-trial", args.workers_per_trial, 1),
+                              ("--max-concurrent", args.max_concurrent or 1, 1),
+                              ("--gpus-per-worker", args.gpus_per_worker, 0)])
     return args
 
 
