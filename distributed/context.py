@@ -36,6 +36,16 @@ def _report_with_checkpoint(report, checkpoint_class, metrics: dict[str, float],
         report(metrics, checkpoint=checkpoint_class.from_directory(folder))
 
 
+def quiet_report_log() -> None:
+    """Ray Train logs every report, all metrics included, at INFO through a logger named after
+    its file (so LoggingConfig's level filter misses it); our progress line says it once."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context_module
+    except ImportError:  # a Ray without this module: nothing to quiet
+        return
+    logging.getLogger(train_context_module.__file__).setLevel(logging.WARNING)
+
+
 class RayTrainContext(LoggingMixin):
     def __init__(self, algorithm: str, config: dict[str, Any], run_dir: str, run_name: str,
                  use_wandb: bool = False, max_iterations: int | None = None):
@@ -44,6 +54,7 @@ class RayTrainContext(LoggingMixin):
         self.rank = train_context.get_world_rank()
         self.world_size = train_context.get_world_size()
         self.device = ray.train.torch.get_device()
+        quiet_report_log()
         # rank 0 alone writes TensorBoard, figures and W&B (V2 writes no TensorBoard itself)
         self.output_dir = Path(run_dir) if self.rank == 0 else None
         if self.rank == 0:
