@@ -9,6 +9,7 @@ import importlib
 from dataclasses import dataclass
 
 from trainers.config import TrainerConfig
+from trainers.imaging.mopie_config import MopieConfig
 from trainers.recommender.config import GatAdvancedConfig, GatSimpleConfig
 
 
@@ -48,6 +49,8 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         AlgorithmSpec("gat-advanced", "recommender", "trainers.recommender.trainers:GatAdvancedTrainer",
                       GatAdvancedConfig, "GAT recommender, temporal split, early stopping, LR schedule, "
                       "test metrics on the best model", "graph"),
+        AlgorithmSpec("mopie", "imaging", "trainers.imaging.mopie:MopieTrainer", MopieConfig,
+                      "batched ePIE/mPIE synthetic-aperture reconstruction with a known pupil", "imaging"),
     )
 }
 
