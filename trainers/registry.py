@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from trainers.config import TrainerConfig
 from trainers.imaging.mopie_config import MopieConfig
+from trainers.imaging.prism_config import PrismConfig
 from trainers.recommender.config import GatAdvancedConfig, GatSimpleConfig
 
 
@@ -51,6 +52,9 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
                       "test metrics on the best model", "graph"),
         AlgorithmSpec("mopie", "imaging", "trainers.imaging.mopie:MopieTrainer", MopieConfig,
                       "batched ePIE/mPIE synthetic-aperture reconstruction with a known pupil", "imaging"),
+        AlgorithmSpec("prism", "imaging", "trainers.imaging.prism:PrismTrainer", PrismConfig,
+                      "progressive deep-decoder synthetic-aperture reconstruction, one sample per iteration",
+                      "imaging"),
     )
 }
 

@@ -1,0 +1,20 @@
+"""Search space of `prism`: metric is SSIM vs the ground truth (mode max).
+
+One iteration adds one aperture; on the default problem (moon 128 px in a 256 grid, 24
+apertures) a sample takes about 0.7 s on one CPU thread (the first, with the initialisation,
+about 6 s), so a trial is capped at 12 samples.
+`lr` is Adam's step, `schedule` the inner per-sample schedule; `patience` counts samples.
+"""
+from ray import tune
+
+MAX_ITERATIONS = 12
+
+
+def space() -> dict:
+    return {
+        "lr": tune.loguniform(1e-3, 2e-2),
+        "patience": tune.choice([0, 5]),
+        "schedule": tune.choice(["none", "plateau", "cosine_warm_restarts"]),
+        "loss": tune.choice(["l1", "l2", "ssim"]),
+        "steps_per_sample": tune.choice([30, 60, 100]),
+    }

@@ -1,0 +1,76 @@
+"""Config of the `prism` engine (progressive deep-decoder reconstruction); pydantic, no torch.
+
+One iteration adds ONE aperture and refits the decoder to every aperture measured so far, so
+`n_samples` is small by default: `python run.py --algorithm prism` must finish in minutes on
+2 CPU cores. Iterations after the last sample retry the samples that failed (one each).
+
+The shared keys keep their meaning: `lr` is Adam's step, `patience` stops the run after that
+many samples without an SSIM gain (0 = use every sample), `schedule` is the per-sample inner
+learning-rate schedule (the spec's `create_scheduler`; restarted at each sample).
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from trainers.imaging.config import ImagingConfig
+
+LossName = Literal["l1", "l2", "ssim"]
+
+
+class PrismConfig(ImagingConfig):
+    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of the decoder (restored at each sample)")
+    patience: int = Field(0, ge=0, le=10_000,
+                          description="samples without an SSIM gain before stopping; 0 = use every sample")
+    max_iterations: int = Field(1000, ge=1, le=1_000_000,
+                                description="cap on iterations (= samples, then one per retried sample)")
+    # problem size: small enough for a CPU run of a few minutes
+    n_samples: int = Field(24, ge=1, le=1_000_000, description="number of sub-apertures (one per iteration)")
+    # the per-sample fit and its convergence monitor
+    loss: LossName = Field("l1", description="relative L1 / L2 of intensities (error / error of zeros), "
+                                             "or 1 - SSIM of the normalised frames")
+    steps_per_sample: int = Field(60, ge=1, le=100_000, description="optimiser steps of one cycle")
+    max_cycles: int = Field(2, ge=1, le=100, description="budget = steps_per_sample x max_cycles per sample")
+    loss_threshold: float = Field(1e-2, gt=0, le=1, description="a sample has converged below this loss")
+    check_every: int = Field(10, ge=1, le=100_000,
+                             description="steps between convergence checks (the only host syncs of the loop)")
+    converge_checks: int = Field(2, ge=1, le=1000,
+                                 description="consecutive checks under loss_threshold before an early exit")
+    plateau_checks: int = Field(3, ge=1, le=1000, description="window (in checks) of the plateau detector")
+    plateau_tol: float = Field(0.01, ge=0, lt=1,
+                               description="relative improvement over the window below which the loss has plateaued")
+    escalation: Literal["lr_boost", "warm_restarts", "none"] = Field(
+        "lr_boost", description="once per sample, on a plateau or after the first cycle: lr x escalation_factor "
+                                "(warm_restarts: and cosine warm restarts from there)")
+    escalation_factor: float = Field(2.0, ge=1, le=100, description="lr multiplier of the escalation")
+    # retry of failed samples at the end
+    retry: bool = Field(True, description="refit failed samples after the last one, one per iteration")
+    retry_lr_factor: float = Field(0.5, gt=0, le=1, description="lr multiplier of a retry")
+    retry_loss: Optional[LossName] = Field(None, description="loss of a retry; None = l2 after l1, else l1")
+    # initialisation phase
+    init_target: Literal["circle", "measurement", "synthetic_aperture"] = Field(
+        "synthetic_aperture", description="circle: disc of obj_size; measurement: sqrt of the first image; "
+                                   "synthetic_aperture: sqrt of the mean of all noiseless images (the spec's "
+                                   "definition: with snr set it knows more than the data); circle and "
+                                   "synthetic_aperture are scaled to the power of the first image")
+    init_steps: int = Field(200, ge=0, le=100_000, description="step budget of the initialisation fit (0 = skip)")
+    init_threshold: float = Field(0.05, gt=0, le=1, description="relative L1 that ends the initialisation early")
+    # the decoder
+    decoder_width: int = Field(32, ge=2, le=1024, description="channels of the latent and the upsampling blocks")
+    decoder_depth: int = Field(2, ge=1, le=8, description="3x3 convolutions that bring the channels down to 1")
+    output_activation: Literal["sigmoid", "none"] = Field("sigmoid", description="activation of the amplitude")
+    mixed_precision: bool = Field(True, description="bf16 autocast of the decoder on CUDA (ignored on CPU)")
+
+    @model_validator(mode="after")
+    def _checks_fit_the_budget(self):
+        if self.check_every > self.steps_per_sample:
+            raise ValueError(f"check_every ({self.check_every}) must be <= steps_per_sample "
+                             f"({self.steps_per_sample}), or no check ever runs in a cycle")
+        return self
+
+    def retry_loss_name(self) -> str:
+        """A different loss for the retry (the spec: lower lr AND a different loss)."""
+        if self.retry_loss is not None:
+            return self.retry_loss
+        return "l2" if self.loss == "l1" else "l1"
