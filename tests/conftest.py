@@ -38,3 +38,15 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """Single-threaded torch for the imaging tests: on 2 shared cores, two threads fighting
+    another process are many times slower than one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,12 +26,7 @@ def run(trainer, n):
     return [trainer.run_iteration()[0] for _ in range(n)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("line", [False, True])

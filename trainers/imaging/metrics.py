@@ -9,7 +9,6 @@ no padding mode is involved. Computed in float64 (as scikit-image does) for a 1e
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

@@ -198,6 +198,25 @@ class MopieEngine:
 
 
 # ---------------------------------------------------------------- the trainer
+def simulate_experiment(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+    """What both imaging trainers start from, set on `trainer`: ground truth (`truth_small`,
+    `truth` on the grid), reconstruction `positions`, the union `coverage` and the band-limited
+    `ceiling` SSIM. Returns the simulated measurements and the positions they were taken at."""
+    config, device = trainer.config, trainer.device
+    grid, diameter = config.image_size, config.sample_diameter
+    trainer.obj_size = config.object_size_px()
+    trainer.truth_small = load_object(config.image, trainer.obj_size)
+    trainer.truth = fw.pad_to_grid(trainer.truth_small, grid).to(device)
+    positions_meas = sample_positions(config, config.samples_per_line_meas)
+    trainer.positions = sample_positions(config, config.samples_per_line_rec)
+    images = fw.simulate(trainer.truth_small.to(device), positions_meas.to(device), diameter, grid,
+                         config.snr, config.noise, config.noise_seed)
+    trainer.coverage = sampling.coverage_mask(trainer.positions, diameter, grid)
+    reference = sampling.band_limited_reference(trainer.truth_small, trainer.coverage).to(device)
+    trainer.ceiling = image_metrics(reference, trainer.truth, trainer.obj_size)["ssim"]
+    return images, positions_meas
+
+
 class MopieTrainer(Trainer):
     """One iteration = one epoch of the engine; `lr` (= alpha) follows `schedule`."""
 
@@ -208,13 +227,7 @@ class MopieTrainer(Trainer):
     def setup(self) -> None:
         config = self.config
         grid, diameter = config.image_size, config.sample_diameter
-        self.obj_size = config.object_size_px()
-        self.truth_small = load_object(config.image, self.obj_size)
-        self.truth = fw.pad_to_grid(self.truth_small, grid).to(self.device)
-        self.positions_meas = sample_positions(config, config.samples_per_line_meas)
-        self.positions = sample_positions(config, config.samples_per_line_rec)
-        images = fw.simulate(self.truth_small.to(self.device), self.positions_meas.to(self.device), diameter, grid,
-                             config.snr, config.noise, config.noise_seed)
+        images, _ = simulate_experiment(self)
         frame = config.frame_size or auto_frame_size(grid, diameter)
         self.engine = MopieEngine(to_frames(images, frame), self.positions, diameter, grid, self.obj_size,
                                   learn_probe=config.learn_probe, support=config.support,
@@ -223,9 +236,6 @@ class MopieTrainer(Trainer):
         nearest = int(self.positions.mean(dim=1).norm(dim=1).argmin())
         self.engine.initialise(images[nearest].clamp_min(0).sqrt())
         del images
-        self.coverage = sampling.coverage_mask(self.positions, diameter, grid)
-        reference = sampling.band_limited_reference(self.truth_small, self.coverage).to(self.device)
-        self.ceiling = image_metrics(reference, self.truth, self.obj_size)["ssim"]
         # no gradients here: a placeholder optimiser carries alpha so the shared schedules drive it
         self.alpha_holder = torch.nn.Parameter(torch.zeros(()))
         self.optimizer = torch.optim.SGD([self.alpha_holder], lr=config.lr)

@@ -39,8 +39,7 @@ from trainers.imaging import forward as fw
 from trainers.imaging import metrics as im
 from trainers.imaging import sampling
 from trainers.imaging.metrics import image_metrics
-from trainers.imaging.mopie import MopieEngine, auto_frame_size, sample_positions, to_frames
-from trainers.imaging.objects import load_object
+from trainers.imaging.mopie import MopieEngine, auto_frame_size, simulate_experiment, to_frames
 from trainers.imaging.prism_config import PrismConfig
 
 # spec defaults of create_scheduler, overridable through schedule_kwargs
@@ -129,22 +128,13 @@ class PrismTrainer(Trainer):
     def setup(self) -> None:
         config = self.config
         grid, diameter = config.image_size, config.sample_diameter
-        self.obj_size = config.object_size_px()
-        self.truth_small = load_object(config.image, self.obj_size)
-        self.truth = fw.pad_to_grid(self.truth_small, grid).to(self.device)
-        positions_meas = sample_positions(config, config.samples_per_line_meas)
-        self.positions = sample_positions(config, config.samples_per_line_rec)
-        images = fw.simulate(self.truth_small.to(self.device), positions_meas.to(self.device), diameter, grid,
-                             config.snr, config.noise, config.noise_seed)
+        images, positions_meas = simulate_experiment(self)
         # the stored measurements, indexed by sample id, and the exact frame model of mopie
         self.engine = MopieEngine(to_frames(images, auto_frame_size(grid, diameter)), self.positions,
                                   diameter, grid, self.obj_size, support=False)
         self.init_target = self._init_target(images, positions_meas).to(self.device)
         del images
         self.n_total = len(self.positions)
-        self.coverage = sampling.coverage_mask(self.positions, diameter, grid)
-        reference = sampling.band_limited_reference(self.truth_small, self.coverage).to(self.device)
-        self.ceiling = image_metrics(reference, self.truth, self.obj_size)["ssim"]
         self.model = ProgressiveDecoder(self.obj_size, grid, config.decoder_width, config.decoder_depth,
                                         config.output_activation).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
