@@ -1,8 +1,8 @@
 """Search space of `prism`: metric is SSIM vs the ground truth (mode max).
 
-One iteration adds one aperture; on the default problem (moon 128 px in a 256 grid, 24
-apertures) a sample takes about 0.7 s on one CPU thread (the first, with the initialisation,
-about 6 s), so a trial is capped at 12 samples.
+One iteration adds one aperture; on the default problem (moon 128 px in a 256 grid, 36
+apertures of 51 px) a sample takes 1-4 s on one CPU thread (all apertures so far are refitted),
+so a trial is capped at 12 samples.
 `lr` is Adam's step, `schedule` the inner per-sample schedule; `patience` counts samples.
 """
 from ray import tune

@@ -8,10 +8,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
+from trainers.bornmachine.config import BornAdversarialConfig, BornClassifyConfig, BornGanConfig, BornGenerativeConfig
 from trainers.config import TrainerConfig
 from trainers.imaging.mopie_config import MopieConfig
 from trainers.imaging.prism_config import PrismConfig
 from trainers.recommender.config import GatAdvancedConfig, GatSimpleConfig
+from trainers.selfplay.config import PpoShogiConfig
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,21 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         AlgorithmSpec("prism", "imaging", "trainers.imaging.prism:PrismTrainer", PrismConfig,
                       "progressive deep-decoder synthetic-aperture reconstruction, one sample per iteration",
                       "imaging"),
+        AlgorithmSpec("born-classify", "bornmachine", "trainers.bornmachine.trainers:BornClassifyTrainer",
+                      BornClassifyConfig, "MPS Born machine classifier: NLL of p(c|x), early stopping, "
+                      "test metrics on the best weights", "born"),
+        AlgorithmSpec("born-generative", "bornmachine", "trainers.bornmachine.trainers:BornGenerativeTrainer",
+                      BornGenerativeConfig, "MPS Born machine generator: joint NLL -log p(x,c) with the exact "
+                      "partition function", "born"),
+        AlgorithmSpec("born-gan", "bornmachine", "trainers.bornmachine.gan:BornGanTrainer", BornGanConfig,
+                      "Born machine sharpened against a class-aware critic, classifier retrained on accuracy "
+                      "drops", "born"),
+        AlgorithmSpec("born-adversarial", "bornmachine", "trainers.bornmachine.adversarial:BornAdversarialTrainer",
+                      BornAdversarialConfig, "Born machine adversarial training (PGD-AT or TRADES), early "
+                      "stopping on robust accuracy", "born"),
+        AlgorithmSpec("ppo-shogi", "selfplay", "trainers.selfplay.trainer:PpoShogiTrainer", PpoShogiConfig,
+                      "PPO self-play for shogi: lockstep batched self-play, per-player GAE, opponent pool, Elo",
+                      "shogi"),
     )
 }
 

@@ -1,0 +1,118 @@
+"""Metrics of the Born machine: accuracy, NLLs, robustness under attack, Frechet distance.
+
+Attacks work on the scaled inputs in [0, 1] (L-inf ball of radius eps, clipped to the range):
+- FGSM: one signed-gradient step of size eps;
+- PGD: random start in the ball, `steps` signed steps of 2.5 eps / steps, projected each time.
+They take a function x -> log p(c | x), so the unwrapped model serves (no DDP in the attack:
+only input gradients are taken, with torch.autograd.grad, never parameter gradients).
+
+Frechet distance (per class, averaged): Gaussians fitted to real and generated samples on the raw
+features, |mu_1 - mu_2|^2 + tr(S_1 + S_2 - 2 (S_1^1/2 S_2 S_1^1/2)^1/2). No Inception network:
+the data are low-dimensional.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+LogProbs = Callable[[torch.Tensor], torch.Tensor]
+EVAL_EPSILONS = (0.1, 0.3)
+
+
+# ---------------------------------------------------------------- classification
+def classification_metrics(log_probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    return {"acc": float((log_probs.argmax(dim=1) == labels).float().mean()),
+            "loss": float(F.nll_loss(log_probs, labels))}
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, n_classes: int) -> np.ndarray:
+    counts = torch.zeros(n_classes * n_classes, dtype=torch.long)
+    counts.index_add_(0, labels * n_classes + predicted, torch.ones_like(labels))
+    return counts.reshape(n_classes, n_classes).numpy()
+
+
+# ---------------------------------------------------------------- attacks
+def input_gradient(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (gradient,) = torch.autograd.grad(objective(x), x)
+    return gradient
+
+
+def nll_objective(log_probs: LogProbs, labels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: F.nll_loss(log_probs(x), labels, reduction="sum")
+
+
+def fgsm(log_probs: LogProbs, x: torch.Tensor, labels: torch.Tensor, epsilon: float) -> torch.Tensor:
+    gradient = input_gradient(nll_objective(log_probs, labels), x)
+    return (x + epsilon * gradient.sign()).clamp(0, 1).detach()
+
+
+def pgd(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, epsilon: float, steps: int = 10,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Maximise `objective` (a scalar of the batch) over the eps-ball around x within [0, 1]."""
+    step_size = 2.5 * epsilon / steps
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    adversarial = (x + epsilon * (2 * noise - 1)).clamp(0, 1)
+    for _ in range(steps):
+        gradient = input_gradient(objective, adversarial)
+        adversarial = adversarial + step_size * gradient.sign()
+        adversarial = torch.minimum(torch.maximum(adversarial, x - epsilon), x + epsilon).clamp(0, 1)
+    return adversarial.detach()
+
+
+def robust_accuracy(log_probs: LogProbs, x: torch.Tensor, labels: torch.Tensor, epsilon: float, attack: str,
+                    steps: int = 10, generator: torch.Generator | None = None) -> float:
+    if attack == "fgsm":
+        adversarial = fgsm(log_probs, x, labels, epsilon)
+    else:
+        adversarial = pgd(nll_objective(log_probs, labels), x, epsilon, steps, generator)
+    with torch.no_grad():
+        return float((log_probs(adversarial).argmax(dim=1) == labels).float().mean())
+
+
+def robustness_metrics(log_probs: LogProbs, x: torch.Tensor, labels: torch.Tensor, steps: int = 10,
+                       epsilons: tuple[float, ...] = EVAL_EPSILONS, seed: int = 0) -> dict[str, float]:
+    metrics = {}
+    for epsilon in epsilons:
+        generator = torch.Generator().manual_seed(seed)
+        metrics[f"rob_fgsm@{epsilon:g}"] = robust_accuracy(log_probs, x, labels, epsilon, "fgsm")
+        metrics[f"rob_pgd@{epsilon:g}"] = robust_accuracy(log_probs, x, labels, epsilon, "pgd", steps, generator)
+    return metrics
+
+
+# ---------------------------------------------------------------- generation
+def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
+    """Frechet distance of Gaussians fitted to two sample sets (N, n)."""
+    mean_real, mean_fake = real.mean(axis=0), fake.mean(axis=0)
+    cov_real = np.atleast_2d(np.cov(real, rowvar=False))
+    cov_fake = np.atleast_2d(np.cov(fake, rowvar=False))
+    # tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)), all symmetric PSD: eigh is enough
+    values, vectors = np.linalg.eigh(cov_real)
+    root = (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    cross = np.linalg.eigvalsh(root @ cov_fake @ root)
+    trace_root = np.sqrt(np.clip(cross, 0, None)).sum()
+    return float(((mean_real - mean_fake) ** 2).sum() + np.trace(cov_real) + np.trace(cov_fake) - 2 * trace_root)
+
+
+def per_class_frechet(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
+                      n_classes: int) -> float:
+    """Frechet distance per class, averaged over the classes."""
+    distances = [frechet_distance(real[real_labels == c], fake[fake_labels == c]) for c in range(n_classes)]
+    return float(np.mean(distances))
+
+
+def gaussian_baseline_samples(raw: np.ndarray, labels: np.ndarray, n_classes: int, per_class: int,
+                              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Samples of a per-class Gaussian fitted to `raw`: the yardstick for generated samples."""
+    rng = np.random.default_rng(seed)
+    samples, sample_labels = [], []
+    for c in range(n_classes):
+        points = raw[labels == c]
+        samples.append(rng.multivariate_normal(points.mean(axis=0), np.atleast_2d(np.cov(points, rowvar=False)),
+                                               per_class))
+        sample_labels.append(np.full(per_class, c))
+    return np.concatenate(samples), np.concatenate(sample_labels)

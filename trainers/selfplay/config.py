@@ -1,0 +1,63 @@
+"""Config of `ppo-shogi` (pydantic; imports neither torch nor cshogi, so the CLI validates fast).
+
+Every hyperparameter is named once, here; the modules read them from this object.
+Defaults are sized for 2 CPU cores and about 30 minutes (see `trainer.py` for the budget).
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from trainers.config import Mode, Schedule, TrainerConfig
+
+
+class PpoShogiConfig(TrainerConfig):
+    # ----- shared keys: one iteration = collect >= `rollout_plies` learner moves, then one PPO update
+    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate")
+    max_iterations: int = Field(150, ge=1, le=1_000_000)
+    patience: int = Field(0, ge=0, le=10_000, description="iterations without a better win rate vs random "
+                                                           "before stopping; 0 = never stop early")
+    schedule: Schedule = "none"
+    metric: str = "win_rate_random"
+    mode: Mode = "max"
+    checkpoint_every: int = Field(5, ge=1, le=1_000_000)
+    # ----- network
+    blocks: int = Field(3, ge=1, le=40, description="SE residual blocks")
+    channels: int = Field(32, ge=4, le=512, description="channels of the residual tower")
+    # ----- self-play
+    games_per_batch: int = Field(32, ge=1, le=4096, description="games played in lockstep, one batched forward per ply")
+    rollout_plies: int = Field(4096, ge=2, le=10_000_000, description="learner moves per iteration, from games that "
+                                                                        "ended (games in progress carry over)")
+    ply_limit: int = Field(512, ge=2, le=100_000, description="a game reaching it is truncated (value bootstrapped)")
+    snapshot_prob: float = Field(0.2, ge=0, le=1, description="probability that a new game is against a past "
+                                                               "snapshot from the pool instead of the latest policy")
+    snapshot_every: int = Field(10, ge=1, le=1_000_000, description="iterations between snapshots added to the pool")
+    pool_size: int = Field(5, ge=1, le=1000, description="snapshots kept (oldest dropped first)")
+    collector: Literal["in_process"] = Field("in_process", description="where experience is collected; other "
+                                                                       "sources register in trainers.selfplay.sources")
+    # ----- PPO
+    gamma: float = Field(1.0, gt=0, le=1, description="discount per own move")
+    gae_lambda: float = Field(0.8, ge=0, le=1, description="GAE lambda (value targets: advantages + values)")
+    clip_coef: float = Field(0.2, gt=0, le=1, description="PPO ratio clip")
+    ent_coef: float = Field(0.01, ge=0, le=1, description="entropy bonus")
+    vf_coef: float = Field(0.5, ge=0, le=10, description="value loss weight")
+    update_epochs: int = Field(3, ge=1, le=100)
+    num_minibatches: int = Field(8, ge=1, le=100_000)
+    max_grad_norm: float = Field(0.5, gt=0, le=1000)
+    target_kl: Optional[float] = Field(None, gt=0, le=10, description="stop the epochs early past this KL; None = off")
+    # ----- evaluation
+    eval_every: int = Field(10, ge=1, le=1_000_000, description="iterations between evaluations (and the last one)")
+    eval_games: int = Field(32, ge=1, le=100_000, description="games against each evaluation opponent, "
+                                                               "colours alternated")
+    final_eval_games: int = Field(100, ge=0, le=100_000, description="games against random and capture-first on "
+                                                                     "the best state after training; 0 = skip")
+    eval_greedy: bool = Field(False, description="evaluation plays the most probable move instead of sampling")
+    elo_k: float = Field(16.0, gt=0, le=400, description="Elo K-factor per game")
+
+    @model_validator(mode="after")
+    def _sizes_fit(self):
+        if self.num_minibatches > self.rollout_plies // 2:
+            raise ValueError(f"num_minibatches ({self.num_minibatches}) must be <= rollout_plies / 2 "
+                             f"({self.rollout_plies // 2})")
+        return self
