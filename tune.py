@@ -64,6 +64,10 @@ def write_outputs(result_grid, experiment_dir: Path, metric: str) -> dict[str, P
     experiment_dir.mkdir(parents=True, exist_ok=True)
     table = result_grid.get_dataframe()
     table.columns = [str(c) for c in table.columns]
+    # each trial's end: TERMINATED, or ERROR with the first line of its reason (e.g. divergence)
+    ends = [("ERROR", _reason(result.error)) if result.error else ("TERMINATED", "") for result in result_grid]
+    if len(ends) == len(table):
+        table["status"], table["error"] = [e[0] for e in ends], [e[1] for e in ends]
     csv_path, parquet_path = experiment_dir / "trials.csv", experiment_dir / "trials.parquet"
     table.to_csv(csv_path, index=False)
     table.astype({c: str for c in table.columns if table[c].dtype == object}).to_parquet(parquet_path, index=False)
@@ -174,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"no trial reported {config.metric!r}; see {experiment_dir}", EXIT_FAILED)
     print_best(best, config.metric, outputs, seconds, counts)
     return EXIT_OK
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost message of a trial's error (Ray wraps the trainable's exception)."""
+    cause = getattr(error, "cause", None) or error.__cause__ or error
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]
 
 
 def trial_counts(grid) -> dict[str, int]:

@@ -68,3 +68,30 @@ def test_tune_over_train_two_workers_per_trial(ray_session, small_sets, tmp_path
     table = pd.read_csv(tmp_path / "over-train" / "trials.csv")
     assert len(table) == 2 and (table["training_iteration"] == 2).all()
     assert table["checkpoint_path"].notna().all()
+
+
+MOPIE_SMALL = ["obj_size=64", "image_size=128", "n_samples=61", "sample_diameter=21", "patience=0"]
+
+
+def test_run_mopie_one_worker_writes_its_outputs(ray_session, tmp_path):
+    code = run.main(["--algorithm", "mopie", "--storage", str(tmp_path), "--name", "mopie",
+                     *[f"--set={s}" for s in MOPIE_SMALL], "--set", "max_iterations=6"])
+    assert code == 0
+    run_dir = tmp_path / "mopie"
+    payload = latest_checkpoint_state(run_dir)
+    assert payload["algorithm"] == "mopie" and payload["iteration"] == 6
+    best = payload["trainer"]["best_metrics"]
+    assert best["ssim"] > 0.9 and best["ssim"] > best["ceiling_ssim"] - 0.01
+    for figure in ("reconstruction", "coverage", "learning_curves"):
+        assert (run_dir / "figures" / f"{figure}.png").stat().st_size > 1000
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_tune_mopie_two_trials(ray_session, tmp_path):
+    code = tune.main(["--algorithm", "mopie", "--num-samples", "2", "--scheduler", "asha",
+                      "--storage", str(tmp_path), "--name", "mopie-search",
+                      *[f"--set={s}" for s in MOPIE_SMALL], "--set", "max_iterations=3"])
+    assert code == 0
+    table = pd.read_csv(tmp_path / "mopie-search" / "trials.csv")
+    assert len(table) == 2 and (table["status"] == "TERMINATED").all()
+    assert table["ssim"].between(0.5, 1.0).all()

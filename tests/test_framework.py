@@ -280,3 +280,15 @@ def test_wandb_is_offline_without_a_key_and_keeps_secrets_out(tmp_path, monkeypa
     assert len(runs) == 1
     assert not any("sekrit" in p.read_text(errors="ignore") for p in runs[0].rglob("*.yaml"))
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_diverging_run_ends_with_a_clear_reason():
+    from trainers.base import DivergedError
+
+    class Diverges(LineTrainer):
+        def evaluate(self):
+            return {"val_loss": float("nan") if self.iteration == 2 else 1.0}
+
+    trainer = Diverges(LineConfig(max_iterations=5), LocalContext("line"))
+    with pytest.raises(DivergedError, match="diverged at iteration 3: val_loss is nan"):
+        trainer.fit()

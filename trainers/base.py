@@ -37,6 +37,10 @@ class Context(Protocol):
     def log_figure(self, tag: str, figure: Any, iteration: int) -> None: ...
 
 
+class DivergedError(RuntimeError):
+    """The loss or the monitored metric became NaN or infinite."""
+
+
 @dataclass
 class TrainingResult:
     metrics: dict[str, float]          # metrics of the last iteration
@@ -279,6 +283,7 @@ class Trainer(abc.ABC):
                 f"metric {self.config.metric!r} is not reported by {self.algorithm}; "
                 f"available: {', '.join(sorted(metrics))}"
             )
+        self._check_finite(metrics)
         metrics["lr"] = self.current_lr()
         self._step_scheduler(metrics)
         is_best, stop = self.early_stopping.update(metrics[self.config.metric], self.iteration)
@@ -293,6 +298,14 @@ class Trainer(abc.ABC):
         stop = self.on_iteration_end(self.iteration, metrics) or stop
         self.history.append(dict(metrics))
         return metrics, stop
+
+    def _check_finite(self, metrics: dict[str, float]) -> None:
+        """A NaN/inf loss or monitored metric ends the run with a reason, not a silent best of NaN."""
+        for key in dict.fromkeys(("loss", self.config.metric)):
+            value = metrics.get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise DivergedError(f"{self.algorithm} diverged at iteration {self.iteration + 1}: "
+                                    f"{key} is {value}")
 
     def fit(self) -> TrainingResult:
         started = self._fit_started = time.perf_counter()
