@@ -6,10 +6,11 @@ either the previous file or the new one, never half of one.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import torch
 
@@ -20,13 +21,15 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used: unreadable, or written by another algorithm."""
 
 
-def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a file through `write(stream)` to a temporary name in the same folder, fsync, rename:
+    a crash mid-write leaves the previous file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -34,6 +37,14 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
+    return write_atomic(path, lambda stream: torch.save(payload, stream))
+
+
+def write_json_atomic(data: Any, path: str | Path) -> Path:
+    return write_atomic(path, lambda stream: stream.write(json.dumps(data, indent=1).encode()))
 
 
 def load_checkpoint(path: str | Path, algorithm: str | None = None) -> dict[str, Any]:

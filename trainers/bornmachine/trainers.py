@@ -14,6 +14,7 @@ Metrics (validation prefixed val_, test test_):
 """
 from __future__ import annotations
 
+import abc
 import math
 import time
 
@@ -104,8 +105,9 @@ class BornTrainer(Trainer):
         metrics["epoch_seconds"] = time.perf_counter() - started
         return metrics
 
+    @abc.abstractmethod
     def train_epoch(self) -> dict[str, float]:
-        raise NotImplementedError
+        """One epoch of this trainer's loss; returns its metrics."""
 
     # ----- evaluation (unwrapped model: every rank evaluates the whole split)
     @torch.no_grad()

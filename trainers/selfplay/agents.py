@@ -5,9 +5,6 @@ the games where it is to move at this ply (so a network agent makes one batched 
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ import cshogi
 import numpy as np
 import torch
 
+from trainers.checkpoint import write_json_atomic
 from trainers.selfplay.game import Game, encode_batch, feature_buffer, mask_buffer
 from trainers.selfplay.network import PolicyFn
 from trainers.selfplay.runner import sample_legal
@@ -144,19 +142,3 @@ class EloTable:
     def write(self, path: str | Path) -> Path:
         """The table and its history as JSON, written atomically (temporary file, then rename)."""
         return write_json_atomic({"k": self.k, "anchor": self.anchor, **self.state_dict()}, path)
-
-
-def write_json_atomic(data: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=1)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
