@@ -117,3 +117,15 @@ def test_ddp_has_no_unused_parameters(small):
     unused = [name for name, p in trainer.network.named_parameters() if p.grad is None]
     assert unused == []
     assert isinstance(trainer.network, GATRecommender)
+
+
+
+def test_rank_shards_of_an_epoch_are_disjoint_and_cover_every_edge(small):
+    """Two ranks shuffle in the same order and take alternate edges: no edge trained twice."""
+    trainer = create_trainer("simple", {**small, "max_iterations": 1})
+    shards = []
+    for rank in (0, 1):
+        trainer.context.rank, trainer.context.world_size = rank, 2
+        shards.append(torch.cat(trainer.edge_batches()))
+    assert set(shards[0].tolist()).isdisjoint(shards[1].tolist())
+    assert len(shards[0]) + len(shards[1]) == len(trainer.data.train_user)

@@ -69,20 +69,23 @@ class GatTrainer(Trainer):
         return bool(self.on_epoch_end(iteration, metrics))
 
     # ----- training ---------------------------------------------------------------------------
-    def epoch_generator(self) -> torch.Generator:
-        """Seeded by (seed, epoch, rank): the data order is reproducible across resumes."""
-        seed = (self.config.seed * 1_000_003 + self.iteration * 7919 + self.context.rank) % (2**63)
+    def epoch_generator(self, rank: int | None = None) -> torch.Generator:
+        """Seeded by (seed, epoch, rank): reproducible across resumes. Negatives use this rank's
+        stream; the edge order uses rank 0's on every rank, so that the shards are disjoint."""
+        rank = self.context.rank if rank is None else rank
+        seed = (self.config.seed * 1_000_003 + self.iteration * 7919 + rank) % (2**63)
         return torch.Generator().manual_seed(seed)
 
     def training_edge_ids(self) -> torch.Tensor:
         """Edges this epoch trains on (all of them; a curriculum narrows this)."""
         return torch.arange(len(self.data.train_user))
 
-    def edge_batches(self, generator: torch.Generator) -> list[torch.Tensor]:
+    def edge_batches(self) -> list[torch.Tensor]:
         """This rank's shard of the shuffled edges, in the same number of batches on every rank
         (each batch ends in a DDP all-reduce, so the counts must match)."""
         edges = self.training_edge_ids()
-        edges = edges[torch.randperm(len(edges), generator=generator)]
+        # the same permutation on every rank (rank 0's seed); each rank takes every world-th edge
+        edges = edges[torch.randperm(len(edges), generator=self.epoch_generator(rank=0))]
         world = self.context.world_size
         shard = edges[self.context.rank::world]
         n_batches = max(1, math.ceil(len(edges) / (self.config.batch_size * world)))
@@ -122,7 +125,7 @@ class GatTrainer(Trainer):
         self.model.train()
         generator = self.epoch_generator()
         total = torch.zeros((), device=self.device)
-        batches = self.edge_batches(generator)
+        batches = self.edge_batches()
         for edges in batches:
             self.optimizer.zero_grad(set_to_none=True)
             embeddings = self.model(*self.message_graph(edges))
