@@ -49,7 +49,17 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=True)
+        try:
+            ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=True)
+        except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception for this
+            if "missing packages" not in str(error):
+                raise
+            # a Ray installed without its [default] extra (e.g. from slim wheels on a GPU box):
+            # training works without the dashboard; Tune's cleanup between trials is slower
+            print("warning: Ray's dashboard packages are missing (pip install 'ray[default]'); "
+                  "starting Ray without the dashboard", file=sys.stderr, flush=True)
+            ray.shutdown()
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
 def config_error_types() -> tuple[type[Exception], ...]:

@@ -2,6 +2,7 @@
 
     python tune.py --algorithm gat-advanced [--num-samples N] [--scheduler asha|pbt|fifo]
         [--search random|optuna] [--max-concurrent N] [--workers-per-trial N] [--resume]
+        [--grid KEY=[V1,V2,...] ...]
 
 Prints the best configuration and its metrics; writes the table of all trials (CSV and
 Parquet) and a plot of the metric over iterations per trial next to the experiment.
@@ -27,6 +28,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--algorithm", required=True, help="one of: " + ", ".join(ALGORITHMS))
     parser.add_argument("--config", help="YAML file of fixed config keys (the space overrides them)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fix one config key")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2]",
+                        help="try every listed value of KEY (replaces KEY in the space; repeatable; "
+                             "trials = num-samples x the grid's combinations)")
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--scheduler", choices=("asha", "pbt", "fifo"), default="asha")
     parser.add_argument("--search", choices=("random", "optuna"), default="random")
@@ -62,12 +66,7 @@ def write_outputs(result_grid, experiment_dir: Path, metric: str) -> dict[str, P
     import matplotlib.pyplot as plt
 
     experiment_dir.mkdir(parents=True, exist_ok=True)
-    table = result_grid.get_dataframe()
-    table.columns = [str(c) for c in table.columns]
-    # each trial's end: TERMINATED, or ERROR with the first line of its reason (e.g. divergence)
-    ends = [("ERROR", _reason(result.error)) if result.error else ("TERMINATED", "") for result in result_grid]
-    if len(ends) == len(table):
-        table["status"], table["error"] = [e[0] for e in ends], [e[1] for e in ends]
+    table = trial_table(result_grid)
     csv_path, parquet_path = experiment_dir / "trials.csv", experiment_dir / "trials.parquet"
     table.to_csv(csv_path, index=False)
     table.astype({c: str for c in table.columns if table[c].dtype == object}).to_parquet(parquet_path, index=False)
@@ -87,6 +86,48 @@ def write_outputs(result_grid, experiment_dir: Path, metric: str) -> dict[str, P
     figure.savefig(plot_path, dpi=110)
     plt.close(figure)
     return {"trials (CSV)": csv_path, "trials (Parquet)": parquet_path, "metric plot": plot_path}
+
+
+def trial_table(result_grid):
+    """One row per trial, errored ones too (ResultGrid.get_dataframe can drop them): its last
+    metrics, its config as config/KEY, and how it ended: TERMINATED, or ERROR with the reason
+    (e.g. "DivergedError: mopie diverged at iteration 6: loss is inf")."""
+    import pandas as pd
+
+    rows = []
+    for result in result_grid:
+        row = {key: value for key, value in (result.metrics or {}).items() if key != "config"}
+        row.update({f"config/{key}": value for key, value in (result.config or {}).items()})
+        row["status"] = "ERROR" if result.error else "TERMINATED"
+        row["error"] = _reason(result.error) if result.error else ""
+        row["path"] = result.path
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def grid_axes(args: argparse.Namespace, algorithm: str) -> dict:
+    """--grid KEY=[V1,V2]: each value checked now, as `--set KEY=V` would be, so that a typo
+    fails here (exit 2) and not in every trial."""
+    import json
+
+    import yaml
+    from ray import tune
+
+    if args.grid and args.search == "optuna":
+        raise ValueError("--grid needs --search random (Optuna does not take grid axes)")
+    axes = {}
+    for item in args.grid:
+        key, sep, text = item.partition("=")
+        try:
+            values = yaml.safe_load(text) if sep else None
+        except yaml.YAMLError:
+            values = None
+        if not key or not isinstance(values, list) or not values:
+            raise ValueError(f"--grid {item!r}: expected KEY=[V1, V2, ...] with at least one value")
+        for value in values:
+            assemble_config(algorithm, args.config, [*args.set, f"{key}={json.dumps(value)}"])
+        axes[key] = tune.grid_search(values)
+    return axes
 
 
 def print_best(best, metric: str, outputs: dict[str, Path], seconds: float, counts: dict[str, int]) -> None:
@@ -117,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec, config = assemble_config(args.algorithm, args.config, args.set)
         space_module = load_search_space(spec.name)
-        space = space_module.space()
+        space = {**space_module.space(), **grid_axes(args, spec.name)}
         if "max_iterations" not in config.model_fields_set and hasattr(space_module, "MAX_ITERATIONS"):
             config = config.model_copy(update={"max_iterations": space_module.MAX_ITERATIONS})
         if not args.address:

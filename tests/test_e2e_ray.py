@@ -95,3 +95,18 @@ def test_tune_mopie_two_trials(ray_session, tmp_path):
     table = pd.read_csv(tmp_path / "mopie-search" / "trials.csv")
     assert len(table) == 2 and (table["status"] == "TERMINATED").all()
     assert table["ssim"].between(0.5, 1.0).all()
+
+
+def test_a_diverging_trial_ends_with_its_reason_and_the_search_goes_on(ray_session, tmp_path):
+    # no constraints + full steps + heavy momentum: the second grid point blows up (inf) at
+    # about epoch 6; the first (no momentum) converges. Both run on the default 256 grid.
+    code = tune.main(["--algorithm", "mopie", "--num-samples", "1", "--scheduler", "fifo",
+                      "--storage", str(tmp_path), "--name", "nan-search",
+                      "--set", "value_range=none", "--set", "support=false", "--set", "max_iterations=8",
+                      "--set", "patience=0", "--grid", "lr=[2.0]", "--grid", "momentum=[0.0, 0.99]",
+                      "--grid", "schedule=[none]", "--grid", "batch_size=[16]"])
+    assert code == 0  # one trial finished: the search is a success with one error in its table
+    table = pd.read_csv(tmp_path / "nan-search" / "trials.csv").sort_values("config/momentum")
+    assert list(table["status"]) == ["TERMINATED", "ERROR"]
+    assert "DivergedError" in table["error"].iloc[1] and "diverged at iteration" in table["error"].iloc[1]
+    assert table["ssim"].iloc[0] > 0.9
