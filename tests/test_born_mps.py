@@ -238,6 +238,18 @@ def test_bad_files_are_rejected_naming_the_file_or_field(tmp_path):
     garbage.write_bytes(b"not parquet at all")
     with pytest.raises(ConfigError, match="garbage.parquet"):
         check(dataset=str(garbage))
+    holes = tmp_path / "holes.csv"  # an empty cell and a literal NaN
+    holes.write_text("a,b,label\n1,,0\n2,3,1\nnan,4,0\n5,6,1\n")
+    with pytest.raises(ConfigError, match="holes.csv.*missing or infinite feature values"):
+        check(dataset=str(holes))
+    infinite = tmp_path / "infinite.parquet"
+    pd.DataFrame({"a": [1.0, np.inf, 3.0, 4.0], "label": [0, 1, 0, 1]}).to_parquet(infinite)
+    with pytest.raises(ConfigError, match="infinite.parquet.*missing or infinite"):
+        check(dataset=str(infinite))
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("a,label\n1,x\n2,\n3,y\n")
+    with pytest.raises(ConfigError, match="label_column = 'label'.*rows without a label"):
+        check(dataset=str(unlabelled))
     good = tmp_path / "good.csv"
     rng = np.random.default_rng(0)
     table = pd.DataFrame({"u": rng.normal(size=60), "v": rng.normal(size=60), "kind": ["p", "q"] * 30})
@@ -248,7 +260,8 @@ def test_bad_files_are_rejected_naming_the_file_or_field(tmp_path):
 
 
 @pytest.mark.parametrize("values, field", [
-    ({"feature_dim": 1}, "feature_dim"), ({"bond_dim": 0}, "bond_dim"), ({"dataset": "mnist"}, "dataset"),
+    ({"feature_dim": 1}, "feature_dim = 1: .*allowed: feature_dim >= 2"),
+    ({"bond_dim": 0}, "bond_dim = 0: .*allowed: bond_dim >= 1"), ({"dataset": "mnist"}, "dataset"),
     ({"metric": "val_speed"}, "metric"), ({"val_frac": 0.7}, "val_frac"), ({"lr": -1}, "lr"),
 ])
 def test_bad_values_are_rejected_naming_the_field(values, field):
