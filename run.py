@@ -2,6 +2,7 @@
 
     python run.py --algorithm gat-advanced [--config FILE.yaml] [--set key=value ...]
         [--workers N] [--gpus-per-worker G] [--storage DIR] [--resume] [--address ADDR] [--wandb]
+    python run.py --algorithm ppo-shogi --actors N    (N self-play Ray actors spread over the nodes)
 
 Exit codes: 0 done, 1 training failed, 2 bad input (message names the field).
 On a cluster: ray submit cluster.yaml run.py -- --algorithm NAME
@@ -18,7 +19,7 @@ from pathlib import Path
 from cli_common import (EXIT_FAILED, EXIT_OK, assemble_config, config_error_types, fail,
                         require_minimums, resolve_storage, start_ray)
 from trainers.checkpoint import CheckpointError, load_checkpoint
-from trainers.registry import ALGORITHMS
+from trainers.registry import ALGORITHMS, get_algorithm
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override one config key (repeatable); the value is read as YAML")
     parser.add_argument("--workers", type=int, default=1, help="TorchTrainer workers (DDP when > 1)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--actors", type=int, help="ppo-shogi: self-play Ray actors, spread over the cluster's nodes "
+                                                   "(sets collector=ray and actors=N; CPUs each: actor_cpus)")
     parser.add_argument("--storage", default=os.environ.get("TRAINYARD_STORAGE", "results"),
                         help="where runs, checkpoints and logs go (default: $TRAINYARD_STORAGE or ./results)")
     parser.add_argument("--name", help="run name (default: ALGORITHM_TIMESTAMP)")
@@ -90,10 +93,10 @@ def print_summary(result, run_dir: Path, seconds: float, metric: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from distributed.resources import ResourceError, check_local_gpus, cluster_totals, plan_workers
+    from distributed.resources import ResourceError, check_local_gpus, cluster_totals
 
     try:
-        spec, config = assemble_config(args.algorithm, args.config, args.set)
+        spec, config = assemble_config(args.algorithm, args.config, args.set + actor_sets(args))
         if not (args.address or _ray_address_set()):
             check_local_gpus(args.gpus_per_worker)
         initial = None
@@ -106,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(error))
 
     start_ray(args.address)
-    try:
+    try:  # what the run needs against what the cluster has, before asking Ray for it (no hang)
         cpus, gpus = cluster_totals()
-        plan = plan_workers(args.workers, args.gpus_per_worker, cpus, gpus)
+        plan = plan_learners(args, config, cpus, gpus)
     except ResourceError as error:
         return fail(str(error))
 
@@ -121,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         keep_checkpoints=args.keep_checkpoints, max_failures=args.max_failures,
         resume_from=Checkpoint.from_directory(str(_checkpoint_folder(initial))) if initial else None,
     )
+    actors = (f", {config.actors} self-play actor(s) x {config.actor_cpus:g} CPU"
+              if getattr(config, "collector", None) == "ray" else "")
     print(f"run {run_name}: {spec.name}, {plan.workers} worker(s) x {plan.cpus_per_worker:g} CPU"
-          f"{f' + {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''}, storage {storage}", flush=True)
+          f"{f' + {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''}{actors}, storage {storage}",
+          flush=True)
     started = time.perf_counter()
     try:
         result = trainer.fit()
@@ -130,6 +136,30 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"training failed: {str(error).strip().splitlines()[0]}", EXIT_FAILED)
     print_summary(result, storage / run_name, time.perf_counter() - started, config.metric)
     return EXIT_OK
+
+
+def actor_sets(args: argparse.Namespace) -> list[str]:
+    """`--actors N` is `--set collector=ray --set actors=N`, for algorithms that have actors."""
+    if args.actors is None:
+        return []
+    if args.actors < 1:
+        raise ValueError(f"--actors must be >= 1, got {args.actors}")
+    if "actors" not in get_algorithm(args.algorithm).config_class.model_fields:
+        raise ValueError(f"--actors: {args.algorithm} has no self-play actors (ppo-shogi has)")
+    return ["collector=ray", f"actors={args.actors}"]
+
+
+def plan_learners(args: argparse.Namespace, config, cpus: float, gpus: float):
+    """Resources of the learners, beside the self-play actors when Ray actors collect."""
+    from distributed.resources import largest_node_cpus, plan_with_actors, plan_workers
+
+    if getattr(config, "collector", None) != "ray":
+        return plan_workers(args.workers, args.gpus_per_worker, cpus, gpus)
+    serve = config.inference == "server"
+    return plan_with_actors(args.workers, args.gpus_per_worker, cpus, gpus, actors=config.actors,
+                            actor_cpus=config.actor_cpus, servers=args.workers if serve else 0,
+                            server_gpus=config.inference_gpus if serve and args.gpus_per_worker > 0 else 0.0,
+                            largest_node=largest_node_cpus())
 
 
 def _ray_address_set() -> bool:

@@ -6,7 +6,7 @@
 
 Prints the best configuration and its metrics; writes the table of all trials (CSV and
 Parquet) and a plot of the metric over iterations per trial next to the experiment.
-Exit codes: 0 done, 1 every trial failed, 2 bad input.
+Exit codes: 0 done, 1 every trial failed, 2 bad input, 130 interrupted (finish it with --resume).
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from pathlib import Path
 
 from cli_common import (EXIT_FAILED, EXIT_OK, assemble_config, config_error_types, fail,
                         require_minimums, resolve_storage, start_ray)
+
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
 from trainers.registry import ALGORITHMS
 
 
@@ -98,7 +100,7 @@ def trial_table(result_grid):
     for result in result_grid:
         row = {key: value for key, value in (result.metrics or {}).items() if key != "config"}
         row.update({f"config/{key}": value for key, value in (result.config or {}).items()})
-        row["status"] = "ERROR" if result.error else "TERMINATED"
+        row["status"] = trial_status(result)
         row["error"] = _reason(result.error) if result.error else ""
         row["path"] = result.path
         rows.append(row)
@@ -130,6 +132,29 @@ def grid_axes(args: argparse.Namespace, algorithm: str) -> dict:
     return axes
 
 
+def check_space_choices(config_class, config, space: dict) -> None:
+    """Each listed value of the space (a choice or a grid axis), and a few draws of each range,
+    put into the fixed config must validate: a clash (schedule_kwargs of one schedule while the
+    space tries another; mopie's `alpha`, an alias of the `lr` the space varies) fails here
+    naming the key (exit 2), not in every trial after Ray has started."""
+    from trainers.config import ConfigError, build_config
+
+    base = config.model_dump()
+    for key, domain in space.items():
+        if isinstance(domain, dict):
+            listed = domain.get("grid_search", [])
+        elif hasattr(domain, "categories"):
+            listed = domain.categories
+        else:  # a range: seeded draws, so that the check is the same every time
+            listed = [domain.sample(random_state=seed) for seed in range(3)] if hasattr(domain, "sample") else []
+        for value in listed:
+            try:
+                build_config(config_class, {**base, key: value})
+            except ConfigError as error:
+                raise ConfigError(f"the search space's {key} = {value!r} does not fit the fixed config: "
+                                  f"{error}") from None
+
+
 def print_best(best, metric: str, outputs: dict[str, Path], seconds: float, counts: dict[str, int]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -159,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         spec, config = assemble_config(args.algorithm, args.config, args.set)
         space_module = load_search_space(spec.name)
         space = {**space_module.space(), **grid_axes(args, spec.name)}
+        check_space_choices(spec.config_class, config, space)
         if "max_iterations" not in config.model_fields_set and hasattr(space_module, "MAX_ITERATIONS"):
             config = config.model_copy(update={"max_iterations": space_module.MAX_ITERATIONS})
         if not args.address:
@@ -211,13 +237,21 @@ def main(argv: list[str] | None = None) -> int:
                             reuse_actors=plan.mode == "inline")
     grid = tuner.fit()
     seconds = time.perf_counter() - started
-    counts = trial_counts(grid)
+    # a resumed search keeps the trial count it started with, whatever --num-samples says now
+    counts = trial_counts(grid, expected=0 if args.resume else args.num_samples * grid_combinations(space))
     outputs = write_outputs(grid, experiment_dir, config.metric)
     try:
         best = grid.get_best_result(metric=config.metric, mode=config.mode, scope="all")
     except RuntimeError:
+        best = None
+    if best is not None:
+        print_best(best, config.metric, outputs, seconds, counts)
+    if counts.get("UNFINISHED"):  # Ctrl-C: Tune saved its state and returned early
+        return fail(f"search interrupted with {counts['UNFINISHED']} trial(s) unfinished; finish it with: "
+                    f"python tune.py --algorithm {spec.name} --name {name} --resume (and the same options)",
+                    EXIT_INTERRUPTED)
+    if best is None:
         return fail(f"no trial reported {config.metric!r}; see {experiment_dir}", EXIT_FAILED)
-    print_best(best, config.metric, outputs, seconds, counts)
     return EXIT_OK
 
 
@@ -228,11 +262,33 @@ def _reason(error: BaseException) -> str:
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]
 
 
-def trial_counts(grid) -> dict[str, int]:
+def trial_status(result) -> str:
+    """TERMINATED (finished or stopped by the scheduler: Tune marks its last result done), ERROR,
+    or UNFINISHED (still running when the search was interrupted)."""
+    if result.error:
+        return "ERROR"
+    return "TERMINATED" if (result.metrics or {}).get("done") else "UNFINISHED"
+
+
+def trial_counts(grid, expected: int = 0) -> dict[str, int]:
+    """Trials by how they ended; trials that an interrupted search never started count as
+    UNFINISHED (`expected`: num_samples x the grid's combinations)."""
     counts = {"TERMINATED": 0, "ERROR": 0}
     for result in grid:
-        counts["ERROR" if result.error else "TERMINATED"] += 1
+        status = trial_status(result)
+        counts[status] = counts.get(status, 0) + 1
+    never_started = expected - len(grid)
+    if never_started > 0:
+        counts["UNFINISHED"] = counts.get("UNFINISHED", 0) + never_started
     return counts
+
+
+def grid_combinations(space: dict) -> int:
+    combinations = 1
+    for domain in space.values():
+        if isinstance(domain, dict) and "grid_search" in domain:
+            combinations *= len(domain["grid_search"])
+    return combinations
 
 
 if __name__ == "__main__":

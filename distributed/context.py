@@ -17,16 +17,47 @@ import ray.tune
 import torch
 import torch.distributed as dist
 
-from trainers.checkpoint import STATE_FILE, CheckpointError, load_checkpoint, save_atomic
+from trainers.checkpoint import STATE_FILE, CheckpointError, WrongAlgorithmError, load_checkpoint, save_atomic
 from trainers.context import LoggingMixin
 from trainers.run_logger import RunLogger
 
 
+log = logging.getLogger("trainyard")
+
+
 def _load_ray_checkpoint(checkpoint, algorithm: str) -> dict[str, Any] | None:
+    """The trainer state of Ray's latest checkpoint; when that one is damaged (truncated,
+    corrupted, half-copied), the newest older checkpoint of the run that loads, with a warning
+    naming the damaged file. Another algorithm's checkpoint is an error, not damage."""
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as folder:
-        return load_checkpoint(Path(folder), algorithm)["trainer"]
+    errors = []
+    for candidate in [checkpoint, *_older_checkpoints(checkpoint)]:
+        try:
+            with candidate.as_directory() as folder:
+                return load_checkpoint(Path(folder), algorithm)["trainer"]
+        except WrongAlgorithmError:
+            raise
+        except (CheckpointError, OSError) as error:
+            errors.append(str(error))
+            log.warning("%s; trying the previous checkpoint", error)
+    raise CheckpointError("no checkpoint of this run can be loaded: " + "; ".join(errors))
+
+
+def _older_checkpoints(checkpoint) -> list:
+    """The run's other checkpoint folders older than `checkpoint`, newest first. Ray names them
+    checkpoint_<timestamp> (Train) or checkpoint_<number> (Tune): name order is age order."""
+    from pyarrow.fs import FileSelector, FileType
+
+    filesystem, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    try:
+        entries = filesystem.get_file_info(FileSelector(parent or ".", allow_not_found=True))
+    except OSError:
+        return []
+    older = sorted((e.path for e in entries if e.type == FileType.Directory
+                    and e.base_name.startswith("checkpoint_") and e.base_name < name), reverse=True)
+    return [type(checkpoint)(folder, filesystem=filesystem) for folder in older]
 
 
 def _report_with_checkpoint(report, checkpoint_class, metrics: dict[str, float], state: dict[str, Any]) -> None:

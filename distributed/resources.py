@@ -60,3 +60,45 @@ def plan_workers(workers: int, gpus_per_worker: float, cpus: float, gpus: float,
             f"({reserved_cpus:g} reserved)"
         )
     return WorkerPlan(workers, share, gpus_per_worker)
+
+
+def largest_node_cpus() -> float:
+    import ray
+
+    return max((float(node["Resources"].get("CPU", 0.0)) for node in ray.nodes() if node.get("Alive")), default=0.0)
+
+
+MIN_LEARNER_CPUS = 0.1
+
+
+def plan_with_actors(workers: int, gpus_per_worker: float, cpus: float, gpus: float, *, actors: int,
+                     actor_cpus: float, servers: int = 0, server_gpus: float = 0.0,
+                     largest_node: float | None = None) -> WorkerPlan:
+    """Learner workers beside `actors` self-play actors (and `servers` inference actors, one per
+    learner, each holding `actor_cpus` and `server_gpus`).
+
+    The actors get `actor_cpus` each: they play at the same time. The learners get what is left,
+    1 CPU each where it fits, else a fraction (at least 0.1): PPO here is synchronous, the learner
+    waits while the actors play and the actors wait while it updates, so a fractional learner
+    does not slow either down. On 2 CPUs, 2 actors x 0.5 CPU leave the learner a whole CPU.
+    """
+    if actors < workers:
+        raise ResourceError(f"--actors {actors} is fewer than --workers {workers}: each learner owns its own actors")
+    if largest_node is not None and actor_cpus > largest_node + 1e-9:
+        raise ResourceError(f"actor_cpus {actor_cpus:g}: no node has that many CPUs (the largest has {largest_node:g})")
+    held_gpus = servers * server_gpus
+    if held_gpus and held_gpus + workers * gpus_per_worker > gpus + 1e-9:
+        raise ResourceError(f"{workers} learner(s) x {gpus_per_worker:g} GPU plus {servers} inference actor(s) x "
+                            f"{server_gpus:g} GPU need {held_gpus + workers * gpus_per_worker:g} GPUs; the cluster "
+                            f"has {gpus:g} (share one GPU with fractions: --set inference_gpus=...)")
+    held = (actors + servers) * actor_cpus
+    if held + workers * MIN_LEARNER_CPUS > cpus + 1e-9:
+        # the suggestion leaves each learner a whole CPU where the cluster has one for it
+        spare = cpus - workers if cpus > workers else cpus - workers * MIN_LEARNER_CPUS
+        fits = spare / (actors + servers)
+        hint = f" or --set actor_cpus={int(fits * 100) / 100:g}" if fits >= 0.01 else ""
+        raise ResourceError(f"--actors {actors} x actor_cpus {actor_cpus:g}"
+                            f"{f' + {servers} inference actor(s)' if servers else ''} = {held:g} CPUs, plus "
+                            f"{workers} learner(s) x at least {MIN_LEARNER_CPUS:g} CPU, do not fit the cluster's "
+                            f"{cpus:g} CPUs: use fewer --actors{hint}")
+    return plan_workers(workers, gpus_per_worker, cpus, gpus - held_gpus, reserved_cpus=held)

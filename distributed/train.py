@@ -11,6 +11,7 @@ from ray.train.torch import TorchTrainer
 from distributed.resources import WorkerPlan
 from distributed.worker import train_loop_per_worker
 from trainers.config import TrainerConfig
+from trainers.run_logger import SECRET_MARKERS
 
 FORWARDED_ENV_PREFIXES = ("TRAINYARD_", "WANDB_")
 # Train V2's controller takes each worker's report when it polls them, every 2 s by default,
@@ -21,8 +22,12 @@ POLL_ENV, POLL_SECONDS = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 
 
 def worker_env_vars() -> dict[str, str]:
-    """Environment the workers need on a cluster (locally they inherit it anyway)."""
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    """Environment the workers need on a cluster (locally they inherit it anyway), secrets left
+    out: Ray writes a runtime_env in plain text to its logs (runtime_env_agent.log) and shows it
+    in the dashboard. A worker finds WANDB_API_KEY where wandb looks on its node: the environment
+    Ray was started with there (run.py's own local Ray inherits it), or `wandb login`'s ~/.netrc."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith(FORWARDED_ENV_PREFIXES) and not any(m in k.lower() for m in SECRET_MARKERS)}
 
 
 def build_torch_trainer(algorithm: str, config: TrainerConfig, plan: WorkerPlan, storage: Path,

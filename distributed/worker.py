@@ -19,6 +19,7 @@ FAIL_ONCE_ENV = "TRAINYARD_FAIL_ONCE"
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     spec = get_algorithm(loop_config["algorithm"])
     config = spec.config_class(**loop_config["config"])
+    register_ray_sources(config)
     context = RayTrainContext(spec.name, config.model_dump(), loop_config["run_dir"], loop_config["run_name"],
                               use_wandb=loop_config.get("use_wandb", False),
                               max_iterations=config.max_iterations)
@@ -35,11 +36,19 @@ def tune_trial(trial_config: dict[str, Any]) -> None:
     base.update(trial_config["params"])
     spec = get_algorithm(trial_config["algorithm"])
     config = spec.config_class(**base)
+    register_ray_sources(config)
     context = RayTuneContext(spec.name, config.model_dump(), use_wandb=trial_config.get("use_wandb", False))
     try:
         spec.trainer_class()(config, context).fit()
     finally:
         context.close()
+
+
+def register_ray_sources(config) -> None:
+    """A trainer asking for Ray self-play actors finds them registered in this process (the
+    learner builds its source here). Imported only then: it needs the optional shogi extra."""
+    if getattr(config, "collector", None) == "ray":
+        import distributed.selfplay  # noqa: F401  registers collector "ray"
 
 
 def arm_failure_injection(context) -> None:

@@ -50,3 +50,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config):
+    # slow: seconds-long tests with child processes and signals, no Ray (tests/test_faults.py)
+    config.addinivalue_line("markers", "slow: tests that start child processes and kill them (tens of seconds)")

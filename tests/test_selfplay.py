@@ -484,7 +484,49 @@ def test_config_imports_no_torch_and_rejects_bad_values():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     cases = [({"rollout_plies": 1}, "rollout_plies"), ({"clip_coef": 0}, "clip_coef"),
              ({"gae_lambda": 1.5}, "gae_lambda"), ({"num_minibatches": 5000}, "num_minibatches"),
-             ({"collector": "ray"}, "collector"), ({"snapshot_prob": 2}, "snapshot_prob")]
+             ({"collector": "threads"}, "collector"), ({"actors": 0}, "actors"), ({"actor_cpus": 0}, "actor_cpus"),
+             ({"snapshot_prob": 2}, "snapshot_prob"), ({"inference": "server"}, "inference")]
     for values, field in cases:
         with pytest.raises(ConfigError, match=field):
             build_config(PpoShogiConfig, values)
+
+
+# ---------------------------------------------------------------- material shaping
+def test_material_balance_counts_board_and_hand_from_each_side():
+    import cshogi
+
+    from trainers.selfplay.game import material_balance
+
+    board = cshogi.Board()
+    assert material_balance(board, cshogi.BLACK) == 0.0
+    # Black has taken White's bishop: White is 8 short on the board and Black holds 8 in hand,
+    # a swing of twice the piece's value
+    board = cshogi.Board("lnsgkgsnl/1r7/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL b B 1")
+    assert material_balance(board, cshogi.BLACK) == 16.0
+    assert material_balance(board, cshogi.WHITE) == -16.0
+
+
+def test_shaping_rewards_by_hand_and_the_return_is_unchanged():
+    from trainers.selfplay.runner import _assemble, _Finished
+
+    slot = GameSlot(Game(512), (True, True))
+    # three decisions of Black at balances 0, +3 (it took a lance), +3; the game then ends in a win
+    for potential in (0.0, 3.0, 3.0):
+        slot.plies.append(len(slot.plies) * 2)
+        slot.colors.append(0)
+        slot.features.append(np.zeros(1205, np.uint8))
+        slot.masks.append(np.zeros(274, np.uint8))
+        slot.actions.append(0)
+        slot.log_probs.append(0.0)
+        slot.values.append(0.0)
+        slot.potentials.append(potential)
+    finished = [_Finished(slot, 0, 1.0, True)]
+    plain = _assemble(finished, np.zeros(0, np.float32), 1.0, 1.0)
+    shaped = _assemble(finished, np.zeros(0, np.float32), 1.0, 1.0, shaping=0.01)
+    assert plain.rewards.tolist() == [0.0, 0.0, 1.0]
+    # 0.01 * (Phi_next - Phi_now), Phi = 0 after the terminal move
+    np.testing.assert_allclose(shaped.rewards, [0.03, 0.0, 1.0 - 0.03], atol=1e-7)
+    assert shaped.rewards.sum() == pytest.approx(plain.rewards.sum())  # telescopes: Phi(start) = 0
+    # the capture is credited at once: the first move's advantage rises, the return is the same
+    assert shaped.advantages[0] == pytest.approx(plain.advantages[0])  # gamma = lambda = 1, V = 0
+    assert shaped.advantages[1] < plain.advantages[1] + 1e-9

@@ -21,6 +21,10 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used: unreadable, or written by another algorithm."""
 
 
+class WrongAlgorithmError(CheckpointError):
+    """A sound checkpoint of another algorithm: a mistake to report, not damage to route around."""
+
+
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Write a file through `write(stream)` to a temporary name in the same folder, fsync, rename:
     a crash mid-write leaves the previous file or the new one, never half of one."""
@@ -62,7 +66,7 @@ def load_checkpoint(path: str | Path, algorithm: str | None = None) -> dict[str,
     if not isinstance(payload, dict) or "algorithm" not in payload or "trainer" not in payload:
         raise CheckpointError(f"checkpoint {path} is not a trainyard checkpoint (no algorithm/trainer entries)")
     if algorithm is not None and payload["algorithm"] != algorithm:
-        raise CheckpointError(
+        raise WrongAlgorithmError(
             f"checkpoint {path} was written by algorithm {payload['algorithm']!r}, not {algorithm!r}"
         )
     return payload

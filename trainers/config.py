@@ -6,11 +6,13 @@ command line can validate in milliseconds.
 """
 from __future__ import annotations
 
+import functools
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 
 Schedule = Literal["none", "step", "plateau", "cosine", "cosine_warm_restarts"]
 Mode = Literal["min", "max"]
@@ -36,8 +38,58 @@ class TrainerConfig(BaseModel):
     mode: Mode = "min"
     checkpoint_every: int = Field(1, ge=1, le=1_000_000, description="write a checkpoint every N iterations")
 
+    @field_validator("schedule_kwargs")
+    @classmethod
+    def _schedule_kwargs_fit_the_schedule(cls, kwargs: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The worker passes these to torch's scheduler: a wrong name or value fails here, at the
+        edge, and not in every worker after Ray has started."""
+        check_schedule_kwargs(info.data.get("schedule", "none"), kwargs)
+        return kwargs
+
     def check_files(self) -> None:
         """Check files named by the config (exist, parse); algorithms with files override this."""
+
+
+def _integer_at_least(low: int):
+    return f"an integer >= {low}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(text: str, test):
+    def accepts(value: Any) -> bool:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number and math.isfinite(value) and test(value)
+    return text, accepts
+
+
+def _one_of(*choices: str):
+    return "one of " + ", ".join(choices), lambda v: v in choices
+
+
+# the keyword arguments of each torch schedule that make_scheduler builds (last_epoch is left
+# out: the checkpoint restores the schedule's position), with the values torch accepts
+SCHEDULE_ARGUMENTS: dict[str, dict[str, tuple[str, Any]]] = {
+    "none": {},
+    "step": {"step_size": _integer_at_least(1), "gamma": _number("a number > 0", lambda v: v > 0)},
+    "plateau": {"mode": _one_of("min", "max"), "factor": _number("a number in (0, 1)", lambda v: 0 < v < 1),
+                "patience": _integer_at_least(0), "threshold": _number("a number >= 0", lambda v: v >= 0),
+                "threshold_mode": _one_of("rel", "abs"), "cooldown": _integer_at_least(0),
+                "min_lr": _number("a number >= 0", lambda v: v >= 0),
+                "eps": _number("a number >= 0", lambda v: v >= 0)},
+    "cosine": {"T_max": _integer_at_least(1), "eta_min": _number("a number >= 0", lambda v: v >= 0)},
+    "cosine_warm_restarts": {"T_0": _integer_at_least(1), "T_mult": _integer_at_least(1),
+                             "eta_min": _number("a number >= 0", lambda v: v >= 0)},
+}
+
+
+def check_schedule_kwargs(schedule: str, kwargs: dict[str, Any]) -> None:
+    allowed = SCHEDULE_ARGUMENTS.get(schedule, {})
+    for name, value in kwargs.items():
+        if name not in allowed:
+            takes = f"takes {', '.join(allowed)}" if allowed else "takes no arguments"
+            raise ValueError(f"{name!r} is not an argument of schedule {schedule!r} (it {takes})")
+        wanted, accepts = allowed[name]
+        if not accepts(value):
+            raise ValueError(f"{name} = {value!r}: schedule {schedule!r} needs {wanted}")
 
 
 def parse_set_value(text: str) -> Any:
@@ -87,6 +139,7 @@ def build_config(config_cls: type[TrainerConfig], values: dict[str, Any]) -> Tra
     if unknown:
         known = ", ".join(sorted(config_cls.model_fields))
         raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: {known}")
+    check_fields_alone(config_cls, values)
     try:
         return config_cls(**values)
     except ValidationError as error:
@@ -95,15 +148,38 @@ def build_config(config_cls: type[TrainerConfig], values: dict[str, Any]) -> Tra
         raise ConfigError(str(error).splitlines()[0]) from None
 
 
-def describe_validation_error(config_cls: type[BaseModel], error: ValidationError) -> str:
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "config"
+def check_fields_alone(config_cls: type[TrainerConfig], values: dict[str, Any]) -> None:
+    """Each given value against its own field (type, bounds) before the model's validators run:
+    a validator that reads another field (a `mode="before"` one) never meets a list where it
+    expects a string, and the error names the field, not "unhashable type"."""
+    for key, value in values.items():
+        try:
+            _field_adapter(config_cls, key).validate_python(value)
+        except ValidationError as error:
+            raise ConfigError(describe_validation_error(config_cls, error, field=key)) from None
+
+
+@functools.lru_cache(maxsize=None)
+def _field_adapter(config_cls: type[BaseModel], key: str) -> TypeAdapter:
+    info = config_cls.model_fields[key]
+    return TypeAdapter(Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation)
+
+
+def describe_validation_error(config_cls: type[BaseModel], error: ValidationError, field: str | None = None) -> str:
+    first = dict(error.errors()[0])
+    if field is not None:  # an error of one field validated alone
+        first["loc"] = (field, *first["loc"])
+    # pydantic prefixes a validator's own ValueError with "Value error, "; the text says it all
+    message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check between fields: its message names them
+        return message
+    field = ".".join(str(part) for part in first["loc"])
     value = first.get("input")
-    allowed = allowed_range(config_cls, str(first["loc"][0])) if first["loc"] else ""
+    # a validator's own message says what it wants; pydantic's own checks get the field's range
+    allowed = "" if first["type"] == "value_error" else allowed_range(config_cls, str(first["loc"][0]))
     shown = repr(value) if not isinstance(value, dict) else "a mapping"
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    message = first["msg"]
     return f"{field} = {shown}: {message}" + (f" (allowed: {allowed})" if allowed else "")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from trainers.checkpoint import STATE_FILE, CheckpointError, load_checkpoint, save_atomic
+from trainers.checkpoint import STATE_FILE, CheckpointError, WrongAlgorithmError, load_checkpoint, save_atomic
 from trainers.run_logger import RunLogger
 
 
@@ -75,9 +75,9 @@ class LocalContext(LoggingMixin):
         for folder in reversed(self._checkpoints()):
             try:
                 return load_checkpoint(folder, self.algorithm)["trainer"]
+            except WrongAlgorithmError:
+                raise  # another algorithm's checkpoint is a mistake, not damage
             except CheckpointError as error:
-                if "not " + repr(self.algorithm) in str(error):
-                    raise  # another algorithm's checkpoint is a mistake, not damage
                 errors.append(str(error))
                 print(f"warning: {error}; trying the previous checkpoint", flush=True)
         return None

@@ -14,7 +14,7 @@ from trainers.config import Mode, Schedule, TrainerConfig
 
 class PpoShogiConfig(TrainerConfig):
     # ----- shared keys: one iteration = collect >= `rollout_plies` learner moves, then one PPO update
-    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate")
+    lr: float = Field(3e-3, gt=0, le=1, description="Adam learning rate")
     max_iterations: int = Field(150, ge=1, le=1_000_000)
     patience: int = Field(0, ge=0, le=10_000, description="iterations without a better win rate vs random "
                                                            "before stopping; 0 = never stop early")
@@ -34,8 +34,18 @@ class PpoShogiConfig(TrainerConfig):
                                                                "snapshot from the pool instead of the latest policy")
     snapshot_every: int = Field(10, ge=1, le=1_000_000, description="iterations between snapshots added to the pool")
     pool_size: int = Field(5, ge=1, le=1000, description="snapshots kept (oldest dropped first)")
-    collector: Literal["in_process"] = Field("in_process", description="where experience is collected; other "
-                                                                       "sources register in trainers.selfplay.sources")
+    material_shaping: float = Field(0.02, ge=0, le=0.1, description="potential-based reward shaping per pawn of "
+                                                                  "material balance (0 = results only); see runner.py")
+    collector: Literal["in_process", "ray"] = Field("in_process", description="where experience is collected: in "
+                                                   "the learner's process, or by Ray self-play actors "
+                                                   "(run.py --actors N)")
+    actors: int = Field(2, ge=1, le=10_000, description="self-play actors (collector 'ray'); with several learners "
+                                                        "each owns actors / learners of them")
+    actor_cpus: float = Field(1.0, gt=0, le=256, description="CPUs reserved per self-play actor (collector 'ray')")
+    inference: Literal["local", "server"] = Field("local", description="collector 'ray': each actor runs the network "
+                                                  "itself, or sends its positions to one inference actor (SEED-style)")
+    inference_gpus: float = Field(1.0, ge=0, le=8, description="GPUs of the inference actor when the learner has a GPU "
+                                                                "(else it runs on CPU); share one GPU with fractions")
     # ----- PPO
     gamma: float = Field(1.0, gt=0, le=1, description="discount per own move")
     gae_lambda: float = Field(0.8, ge=0, le=1, description="GAE lambda (value targets: advantages + values)")
@@ -60,4 +70,7 @@ class PpoShogiConfig(TrainerConfig):
         if self.num_minibatches > self.rollout_plies // 2:
             raise ValueError(f"num_minibatches ({self.num_minibatches}) must be <= rollout_plies / 2 "
                              f"({self.rollout_plies // 2})")
+        if self.inference == "server" and self.collector != "ray":
+            raise ValueError("inference 'server' serves Ray self-play actors: it needs collector 'ray' "
+                             "(run.py --actors N)")
         return self

@@ -122,6 +122,28 @@ class Game:
         return GameEnd(REPETITION, None)
 
 
+# ---------------------------------------------------------------- material
+# piece values in pawns (a promoted minor piece moves like a gold); the king counts 0
+_VALUES = {cshogi.PAWN: 1, cshogi.LANCE: 3, cshogi.KNIGHT: 4, cshogi.SILVER: 5, cshogi.GOLD: 6,
+           cshogi.BISHOP: 8, cshogi.ROOK: 10, cshogi.PROM_PAWN: 6, cshogi.PROM_LANCE: 6,
+           cshogi.PROM_KNIGHT: 6, cshogi.PROM_SILVER: 6, cshogi.PROM_BISHOP: 10, cshogi.PROM_ROOK: 12}
+# board piece code -> value for Black (White's pieces are code + 16 and count negative)
+_BOARD_VALUE = np.zeros(32, dtype=np.float32)
+for _piece, _value in _VALUES.items():
+    _BOARD_VALUE[_piece], _BOARD_VALUE[_piece + 16] = _value, -_value
+# pieces in hand, in cshogi's order: pawn, lance, knight, silver, gold, bishop, rook
+_HAND_VALUE = np.array([1, 3, 4, 5, 6, 8, 10], dtype=np.float32)
+
+
+def material_balance(board: cshogi.Board, color: int) -> float:
+    """Material of `color` minus the opponent's, board and hands, in pawns (0 at the start)."""
+    black_hand, white_hand = board.pieces_in_hand
+    black = float(_BOARD_VALUE[np.asarray(board.pieces)].sum()
+                  + _HAND_VALUE @ np.asarray(black_hand, dtype=np.float32)
+                  - _HAND_VALUE @ np.asarray(white_hand, dtype=np.float32))
+    return black if color == cshogi.BLACK else -black
+
+
 # ---------------------------------------------------------------- encoding
 def feature_buffer(n: int) -> np.ndarray:
     """(n, 119, 9, 9) float32, C-contiguous: the only layout make_input_features may be given

@@ -9,8 +9,13 @@ so far (collected with the weights of their time, as PPO's old log-probs should 
 
 Trajectories are *per player* and *finished*: in a self-play game Black's moves and White's
 moves are two trajectories (the opponent's reply is part of the environment); GAE never runs
-across the two players, nor across games. Rewards are the result only: +1 win, -1 loss, 0 draw,
-on the player's last move. At the ply limit (a truncation) the value is bootstrapped: the
+across the two players, nor across games. Rewards are the result: +1 win, -1 loss, 0 draw,
+on the player's last move; with `shaping` > 0 each move also gets potential-based material
+shaping (Ng, Harada and Russell 1999), shaping * (gamma * Phi(next own decision) - Phi(now)),
+Phi = the player's material balance in pawns and 0 at a terminal position. Summed over a
+trajectory it telescopes to -shaping * Phi(first position), so the game's return is unchanged and
+so is the optimal policy; what changes is that a capture (or a piece left hanging) is felt at
+once instead of through a result hundreds of plies later. At the ply limit (a truncation) the value is bootstrapped: the
 learner's value of the last position, negated when the other side is to move there (the value
 head is zero-sum: it predicts the side to move's result in [-1, 1]). One forward at the end of
 the call evaluates every truncated game's last position.
@@ -30,7 +35,8 @@ import cshogi
 import numpy as np
 
 from trainers.selfplay.game import (PACKED_FEATURES, PACKED_MASK, PERPETUAL_CHECK, REPETITION, Game, GameEnd,
-                                    encode, encode_batch, feature_buffer, mask_buffer, pack_features, pack_masks)
+                                    encode, encode_batch, feature_buffer, mask_buffer, material_balance,
+                                    pack_features, pack_masks)
 from trainers.selfplay.network import PolicyFn
 
 COLORS = (cshogi.BLACK, cshogi.WHITE)
@@ -47,7 +53,7 @@ class ExperienceBatch:
     actions: np.ndarray       # (N,) int64: the label played
     log_probs: np.ndarray     # (N,) float32: log pi(action) at collection
     values: np.ndarray        # (N,) float32: V(position) at collection
-    rewards: np.ndarray       # (N,) float32: the result, on a trajectory's last move; else 0
+    rewards: np.ndarray       # (N,) float32: the result on a trajectory's last move, plus material shaping
     dones: np.ndarray         # (N,) bool: the game ended with a result after this move
     truncations: np.ndarray   # (N,) bool: the game reached the ply limit here (value bootstrapped)
     advantages: np.ndarray    # (N,) float32: GAE, per player
@@ -118,11 +124,13 @@ class GameSlot:
     values: list[float] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)  # packed planes, regenerable from the moves
     masks: list[np.ndarray] = field(default_factory=list)     # packed legal masks
+    potentials: list[float] = field(default_factory=list)     # mover's material balance before the move
 
     def record(self, features: np.ndarray, mask: np.ndarray, action: int, log_prob: float, value: float) -> None:
         """Keep one learner move (`features` and `mask` packed, kept as given: pass copies)."""
         self.plies.append(self.game.plies)
         self.colors.append(self.game.turn)
+        self.potentials.append(material_balance(self.game.board, self.game.turn))
         self.features.append(features)
         self.masks.append(mask)
         self.actions.append(int(action))
@@ -199,6 +207,7 @@ class _Finished:
     terminal: bool
     bootstrap: int = -1      # index of the bootstrap position (a truncated game's last position)
     sign: float = 1.0        # +1: the player is to move there; -1: the opponent is
+    end_potential: float = 0.0  # Phi of the last position: 0 at a terminal, the balance at a truncation
 
 
 def _count_end(stats: dict[str, float], slot: GameSlot, end: GameEnd) -> None:
@@ -220,7 +229,8 @@ def _count_end(stats: dict[str, float], slot: GameSlot, end: GameEnd) -> None:
 
 def play_batch(policy_fn: PolicyFn, slots: list[GameSlot], plies: int, *, gamma: float, gae_lambda: float,
                seed: int, snapshot_prob: float = 0.0,
-               opponent_fn: PolicyFn | None = None, ply_limit: int | None = None) -> ExperienceBatch:
+               opponent_fn: PolicyFn | None = None, ply_limit: int | None = None,
+               shaping: float = 0.0) -> ExperienceBatch:
     """Play the K games of `slots` (in place, a ply at a time) until the games that ended hold at
     least `plies` learner moves; return those finished trajectories.
 
@@ -278,7 +288,8 @@ def play_batch(policy_fn: PolicyFn, slots: list[GameSlot], plies: int, *, gamma:
             for color in COLORS:
                 if color in slot.colors:
                     finished.append(_Finished(slot, color, end.reward(color), not end.truncated, bootstrap,
-                                              1.0 if color == game.turn else -1.0))
+                                              1.0 if color == game.turn else -1.0,
+                                              material_balance(game.board, color) if end.truncated else 0.0))
             collected += len(slot.plies)
             _count_end(stats, slot, end)
             slots[i] = new_slot(limit, snapshot_prob, rng, opponent_fn is not None)
@@ -289,14 +300,15 @@ def play_batch(policy_fn: PolicyFn, slots: list[GameSlot], plies: int, *, gamma:
         boot_values = policy_fn(np.stack(boot_features), np.stack(boot_masks))[1].numpy()
         stats["network_seconds"] += time.perf_counter() - tick
         stats["bootstrap_forwards"] += 1
-    batch = _assemble(finished, boot_values, gamma, gae_lambda)
+    batch = _assemble(finished, boot_values, gamma, gae_lambda, shaping)
     stats["learner_plies"] = float(len(batch))
     stats["seconds"] = time.perf_counter() - started
     batch.stats = stats
     return batch
 
 
-def _assemble(finished: list[_Finished], boot_values: np.ndarray, gamma: float, lam: float) -> ExperienceBatch:
+def _assemble(finished: list[_Finished], boot_values: np.ndarray, gamma: float, lam: float,
+              shaping: float = 0.0) -> ExperienceBatch:
     """Per-player GAE over each finished trajectory; the trajectories one after the other."""
     moves = [[j for j, color in enumerate(t.slot.colors) if color == t.color] for t in finished]
     n = sum(len(rows) for rows in moves)
@@ -321,6 +333,9 @@ def _assemble(finished: list[_Finished], boot_values: np.ndarray, gamma: float, 
         batch.log_probs[here] = [slot.log_probs[j] for j in rows]
         batch.values[here] = [slot.values[j] for j in rows]
         batch.rewards[stop - 1] = trajectory.reward
+        if shaping:
+            potentials = np.array([slot.potentials[j] for j in rows] + [trajectory.end_potential], np.float32)
+            batch.rewards[here] += shaping * (gamma * potentials[1:] - potentials[:-1])
         batch.dones[stop - 1] = trajectory.terminal
         batch.truncations[stop - 1] = not trajectory.terminal
         bootstrap = 0.0 if trajectory.terminal else trajectory.sign * float(boot_values[trajectory.bootstrap])

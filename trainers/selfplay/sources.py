@@ -8,6 +8,11 @@ registers itself here with `register_source(name, factory)` and is chosen by the
 
 A source keeps its games going between calls (see runner.py); `state_dict` holds them as plain
 data (moves and the learner's decisions so far), so that a resumed run continues the same games.
+
+`counters()` are reported with the trainer's metrics as `source_*` (batches, plies, and for a
+remote source duplicates, losses and restarts). `per_rank` says whether, with several learners,
+each rank's source already returns that rank's own experience (the trainer then trains on all
+of it) or every rank receives the same experience (the trainer takes its shard).
 """
 from __future__ import annotations
 
@@ -16,18 +21,23 @@ from typing import Any, Callable, Protocol
 import torch
 
 from trainers.selfplay.config import PpoShogiConfig
-from trainers.selfplay.network import ActorCritic, make_policy_fn
+from trainers.selfplay.network import ActorCritic, PolicyFn, make_policy_fn
 from trainers.selfplay.runner import ExperienceBatch, GameSlot, new_slots, play_batch
 
 
 class ExperienceSource(Protocol):
     batches_received: int      # batches handed to the learner so far
     plies_received: int        # plies (both sides) in them
+    per_rank: bool             # True: each learner rank gets its own experience (no sharding)
 
     def collect(self, weights: dict[str, torch.Tensor], plies: int, *, seed: int,
                 opponent: dict[str, torch.Tensor] | None = None) -> list[ExperienceBatch]:
         """At least `plies` learner moves from finished games, played with `weights` (and
         `opponent` for games against a snapshot)."""
+        ...
+
+    def counters(self) -> dict[str, float]:
+        """Cumulative counters, reported as `source_<name>` metrics."""
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -37,6 +47,8 @@ class ExperienceSource(Protocol):
 
 class InProcessSource:
     """The lockstep runner in this process: K games, weights loaded before every batch."""
+
+    per_rank = False   # seeded per iteration: every rank plays the same games, each takes its shard
 
     def __init__(self, config: PpoShogiConfig, device: torch.device | str = "cpu"):
         self.config = config
@@ -50,18 +62,28 @@ class InProcessSource:
     def collect(self, weights: dict[str, torch.Tensor], plies: int, *, seed: int,
                 opponent: dict[str, torch.Tensor] | None = None) -> list[ExperienceBatch]:
         config = self.config
-        self.network.load_state_dict(weights)
-        opponent_fn = None
-        if opponent is not None:
-            self.opponent.load_state_dict(opponent)
-            opponent_fn = make_policy_fn(self.opponent, self.device)
-        batch = play_batch(make_policy_fn(self.network, self.device), self.slots, plies, gamma=config.gamma,
+        policy_fn, opponent_fn = self.policies(weights, opponent)
+        batch = play_batch(policy_fn, self.slots, plies, gamma=config.gamma,
                            gae_lambda=config.gae_lambda, seed=seed, snapshot_prob=config.snapshot_prob,
-                           opponent_fn=opponent_fn, ply_limit=config.ply_limit)
+                           opponent_fn=opponent_fn, ply_limit=config.ply_limit,
+                           shaping=config.material_shaping)
         batch.source, batch.sequence = "in_process", self.batches_received
         self.batches_received += 1
         self.plies_received += int(batch.stats["plies"])
         return [batch]
+
+    def policies(self, weights: dict[str, torch.Tensor] | None, opponent: dict[str, torch.Tensor] | None
+                 ) -> tuple[PolicyFn, PolicyFn | None]:
+        """The learner's and the snapshot's policy functions (None: no snapshot games). A source
+        whose network runs elsewhere (an inference server) overrides this."""
+        self.network.load_state_dict(weights)
+        if opponent is None:
+            return make_policy_fn(self.network, self.device), None
+        self.opponent.load_state_dict(opponent)
+        return make_policy_fn(self.network, self.device), make_policy_fn(self.opponent, self.device)
+
+    def counters(self) -> dict[str, float]:
+        return {"batches": float(self.batches_received), "plies": float(self.plies_received)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"slots": [slot.state() for slot in self.slots], "batches_received": self.batches_received,

@@ -9,12 +9,14 @@ moves of finished self-play games from the experience source, then one PPO updat
                 (between evaluations the last measured value is repeated)
     final       on the best state: `final_eval_games` games against random and capture-first
 
-The learner's model goes through `context.prepare_model` (DDP with several workers); every rank
-receives the same experience (the in-process source is seeded per iteration) and trains on its
-shard, so the ranks' gradients average over the whole batch. Seeds come from (seed, iteration,
-purpose), never from a generator carried along, so a resumed run replays the same iterations;
-the checkpoint holds model, optimiser, schedule, counters, the games in progress (moves and the
-learner's decisions so far), the opponent pool, the Elo table and the RNG state (the base's).
+The learner's model goes through `context.prepare_model` (DDP with several workers). With the
+in-process source every rank receives the same experience (seeded per iteration) and trains on
+its shard; with Ray actors (`source.per_rank`) each rank's actors play that rank's share of the
+rollout and the rank trains on all of it. Either way the ranks' gradients average over the whole
+batch. Seeds come from (seed, iteration, purpose), never from a generator carried along, so a
+resumed run replays the same iterations; the checkpoint holds model, optimiser, schedule,
+counters, the games in progress (moves and the learner's decisions so far), the opponent pool,
+the Elo table and the RNG state (the base's).
 The pool starts with the initial weights, so early snapshot games face a near-random player.
 
 Default budget, 2 CPU cores: 150 iterations of >= 4,096 learner moves with a 3 x 32 network, about
@@ -89,10 +91,14 @@ class PpoShogiTrainer(Trainer):
     def step(self) -> dict[str, float]:
         config, context = self.config, self.context
         opponent = self.pool.sample(np.random.default_rng(self.seed_for(OPPONENT)))
-        batches = self.source.collect(self.weights(), config.rollout_plies, seed=self.seed_for(COLLECT),
+        # a per-rank source (Ray actors owned by this rank) plays this rank's share of the rollout;
+        # otherwise every rank receives the same experience and trains on its shard of it
+        own_share = self.source.per_rank and context.world_size > 1
+        plies = -(-config.rollout_plies // context.world_size) if own_share else config.rollout_plies
+        batches = self.source.collect(self.weights(), plies, seed=self.seed_for(COLLECT),
                                       opponent=None if opponent is None else opponent[1])
         batch = ExperienceBatch.concat(batches)
-        shard = batch.shard(context.rank, context.world_size) if context.world_size > 1 else batch
+        shard = batch.shard(context.rank, context.world_size) if context.world_size > 1 and not own_share else batch
         generator = torch.Generator().manual_seed(self.seed_for(MINIBATCHES))
         metrics = ppo_update(self.model, self.optimizer, shard, config, generator, self.device, context.average)
         if (self.iteration + 1) % config.snapshot_every == 0:
@@ -117,6 +123,8 @@ class PpoShogiTrainer(Trainer):
             "network_fraction": stats["network_seconds"] / max(stats["seconds"], 1e-9),
             "total_plies": float(self.totals["plies"]),
             "pool_size": float(len(self.pool)),
+            # received / duplicate / lost / restarts for a remote source: nothing counted twice or dropped silently
+            **{f"source_{name}": float(value) for name, value in self.source.counters().items()},
         }
 
     # ----- evaluation
