@@ -199,10 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     except config_error_types() + (ResourceError, ValueError) as error:
         return fail(str(error))
 
-    if args.wandb:  # WandbLoggerCallback reads the mode from the environment
+    if args.wandb:  # the trials inherit these (a local Ray starts from this environment)
         from trainers.run_logger import wandb_mode
 
         os.environ["WANDB_MODE"] = wandb_mode()
+        os.environ.setdefault("WANDB_RUN_GROUP", name)  # one W&B group per search
     start_ray(args.address)
     from distributed.tune import build_trainable, build_tuner, make_scheduler, make_search, plan_trials
 

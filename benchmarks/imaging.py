@@ -16,6 +16,10 @@ What is compared, and how (see specs/imaging.md, "Feeding PtyLab our measurement
   rounded to whole pixels (`rounded`), simulated by our trainer; PtyLab's forward model at the
   true spectrum is checked against those frames first (asserted). `mopie` is also run on the
   unrounded product defaults (`fractional`), and on `default` with --snr 40.
+- Frames (camera grid): each engine works on M x M resamplings of the same full-grid intensities.
+  mopie's M is its auto size (>= d + 3: 48 px for 41 px apertures, 24 px for 17 px). PtyLab is run
+  on those very arrays AND on frames of >= 2d + 2 px (96 / 36 px: every intensity sample, the
+  spec's recipe for PtyLab), and the ratio is taken against its fastest engine over both.
 - Quality is OUR metric for everyone: SSIM / PSNR of |object| in the object window against the
   ground truth, with the band-limited reference SSIM ("ceiling") beside it. PtyLab's FPM engines
   know nothing of the object and converge to the ceiling; mopie's support and real [0, 1]
@@ -26,7 +30,11 @@ What is compared, and how (see specs/imaging.md, "Feeding PtyLab our measurement
   both sides in this one process, one thread each (torch.set_num_threads and OMP/MKL/OpenBLAS
   env vars; numpy's FFT is single-threaded anyway). The machine is shared: compare the ratios.
 - Time to quality = wall time at the end of the first iteration whose SSIM reaches the target
-  (iteration granularity, not interpolated).
+  (iteration granularity, not interpolated): the headline ratio.
+- Inside iterations (full runs only, labelled apart): mopie's SSIM after every mini-batch of 16
+  and PtyLab ePIE's after every 16 scan positions (its `reconstruct_stepwise`), each on the clock
+  of its updates alone (our evaluation and PtyLab's snapshot copies excluded). mPIE and qNewton
+  cannot be checked inside an iteration and enter with their per-iteration times.
 Prints a table and writes benchmarks/results/imaging.json.
 """
 from __future__ import annotations
@@ -51,6 +59,7 @@ BUDGETS = (1, 5, 10, 30, 50)      # iterations at which SSIM / PSNR are reported
 MARGIN = 0.01                     # time to reach ceiling - MARGIN
 SPEED_GOAL = 0.1                  # the tracker's goal: our time-to-quality <= 1/10 of PtyLab's best
 PROBLEMS = {"default": {}, "dense": {"n_samples": 1381, "sample_diameter": 17.0}}
+FINE_ITERATIONS = 3               # budget of the runs checked inside iterations (the targets come early)
 # PtyLab engines with their own defaults (betaObject 0.25 for ePIE/mPIE, 1 for qNewton), and ePIE
 # with a full object step too (on `default` it is PtyLab's fastest to the ceiling): the ratio is
 # taken against the fastest of them. betaProbe is 0 for all (a known pupil).
@@ -194,21 +203,86 @@ def compare_problem(name: str, overrides: dict, args, folder: Path, ptylab) -> t
             "sample_diameter": trainer.config.sample_diameter, "frame_size": trainer.engine.frame}
     if ptylab is None:
         return rows, info
-    problem = ptylab.Problem.from_trainer(trainer)
-    error = ptylab.forward_check(problem)
-    print(f"[{name}] PtyLab forward model at the true spectrum vs our frames: relative error max "
-          f"{error['max']:.2e}, median {error['median']:.2e}")
-    assert error["max"] < 1e-5, f"PtyLab's forward model does not reproduce our frames ({error['max']:.2e})"
-    info["ptylab_forward_error"] = error
-    info["ptylab_readback_ssim"] = ptylab.readback_check(problem)
-    assert info["ptylab_readback_ssim"] > 0.9999, "PtyLab's spectrum is not read back as our object"
-    for engine, params in args.ptylab_runs:
-        label = f"PtyLab {engine}" + "".join(f" {k}={v}" for k, v in params.items())
-        print(f"[{name}] {label} ...", flush=True)
-        curves = [ptylab_curve(ptylab, problem, engine, args.ptylab_iterations, params)
-                  for _ in range(args.repeats)]
-        rows.append(row(name, label, fastest(curves), problem.ceiling, centres="rounded", params=params))
+    for frame in ptylab_frame_sizes(trainer):
+        source = trainer if frame == trainer.engine.frame else make_trainer("mopie", **shared, frame_size=frame)
+        problem = ptylab.Problem.from_trainer(source)
+        error = ptylab.forward_check(problem)
+        print(f"[{name}] PtyLab forward model at the true spectrum vs the {frame} px frames: relative error "
+              f"max {error['max']:.2e}, median {error['median']:.2e}")
+        assert error["max"] < 1e-5, f"PtyLab's forward model does not reproduce our frames ({error['max']:.2e})"
+        info.setdefault("ptylab_forward_error", {})[str(frame)] = error
+        readback = info.setdefault("ptylab_readback_ssim", {})[str(frame)] = ptylab.readback_check(problem)
+        assert readback > 0.9999, "PtyLab's spectrum is not read back as our object"
+        for engine, params in args.ptylab_runs:
+            label = f"PtyLab {engine}" + "".join(f" {k}={v}" for k, v in params.items())
+            print(f"[{name}] {label}, {frame} px frames ...", flush=True)
+            curves = [ptylab_curve(ptylab, problem, engine, args.ptylab_iterations, params)
+                      for _ in range(args.repeats)]
+            rows.append(row(name, label, fastest(curves), problem.ceiling, centres="rounded", params=params,
+                            frame_size=frame))
+            if engine == "ePIE" and not args.quick:
+                rows.append(fine_ptylab_row(name, label, ptylab, problem, params, trainer.config.batch_size, args))
+    if not args.quick:
+        print(f"[{name}] mopie, quality after every mini-batch ...", flush=True)
+        fine = fastest([fine_run(make_trainer("mopie", **shared, max_iterations=FINE_ITERATIONS, patience=0))
+                        for _ in range(args.repeats)])
+        rows.append(row(name, "mopie", fine, trainer.ceiling, centres="rounded", frame_size=trainer.engine.frame,
+                        granularity=f"batch of {trainer.config.batch_size}"))
     return rows, info
+
+
+def fine_run(trainer) -> Curve:
+    """mopie's quality after every mini-batch (the state before the epoch's constraints) and after
+    every epoch, on the clock of the updates alone: the evaluations are excluded, as in
+    `run_trainer`. Checks are points of this curve, not iterations."""
+    from trainers.imaging.metrics import image_metrics
+
+    engine, update, evaluate = trainer.engine, trainer.engine.update, trainer.evaluate
+    curve = Curve(init=image_metrics(engine.reconstruction(), trainer.truth, trainer.obj_size))
+    excluded, started = [0.0], [0.0]
+
+    def check(measure):
+        pause = time.perf_counter()
+        metrics = measure()
+        curve.add(pause - started[0] - excluded[0], metrics)
+        excluded[0] += time.perf_counter() - pause
+        return metrics
+
+    def observed_update(ids, alpha, beta):
+        error = update(ids, alpha, beta)
+        check(lambda: image_metrics(engine.reconstruction(), trainer.truth, trainer.obj_size))
+        return error
+
+    engine.update, trainer.evaluate = observed_update, lambda: check(evaluate)
+    started[0] = time.perf_counter()
+    for _ in range(trainer.config.max_iterations):
+        trainer.run_iteration()
+    return curve
+
+
+def fine_ptylab_row(name: str, label: str, ptylab, problem, params: dict, every: int, args) -> dict:
+    """PtyLab ePIE with a snapshot every `every` positions (mopie's batch), the copies off the clock."""
+    print(f"[{name}] {label}, {problem.frames.shape[-1]} px frames, quality every {every} positions ...", flush=True)
+    curves = []
+    for _ in range(args.repeats):
+        trace = ptylab.run_stepwise(problem, "ePIE", FINE_ITERATIONS, every, **params)
+        curve = Curve(init=trace.init)
+        for seconds, metrics in zip(trace.seconds, trace.metrics):
+            curve.add(seconds, metrics)
+        curves.append(curve)
+    return row(name, label, fastest(curves), problem.ceiling, centres="rounded", params=params,
+               frame_size=problem.frames.shape[-1], granularity=f"{every} positions")
+
+
+def ptylab_frame_sizes(trainer) -> list[int]:
+    """PtyLab gets the very frames our engine uses (the same arrays), and frames of >= 2d + 2 px,
+    which hold every sample of the intensity (the spec's recipe for PtyLab: with fewer it needed
+    more iterations). Its rows are compared at their best over both."""
+    from trainers.imaging.mopie import auto_frame_size
+
+    config = trainer.config
+    full = auto_frame_size(config.image_size, config.sample_diameter, full_band=True)
+    return sorted({trainer.engine.frame, full})
 
 
 def ptylab_curve(ptylab, problem, engine: str, iterations: int, params: dict) -> Curve:
@@ -229,7 +303,8 @@ def fractional_rows(args, ptylab) -> tuple[list[dict], dict]:
     for name, overrides, label in cases:
         print(f"[{name}, fractional] {label} ...", flush=True)
         curve, trainer = mopie_curve(overrides, args.mopie_iterations, args.repeats)
-        rows.append(row(name, label, curve, trainer.ceiling, centres="fractional", config=overrides))
+        rows.append(row(name, label, curve, trainer.ceiling, centres="fractional", config=overrides,
+                        frame_size=trainer.engine.frame))
         if ptylab is not None and label == "mopie" and name == "default" and not args.quick:
             problem = ptylab.Problem.from_trainer(trainer)
             info["ptylab_forward_error_fractional_default"] = ptylab.forward_check(problem)
@@ -238,7 +313,8 @@ def fractional_rows(args, ptylab) -> tuple[list[dict], dict]:
                   f"{error['max']:.2f}, median {error['median']:.3f}) ...", flush=True)
             curve = ptylab_curve(ptylab, problem, "ePIE", args.ptylab_iterations, {"betaObject": 1.0})
             rows.append(row(name, "PtyLab ePIE betaObject=1.0", curve, problem.ceiling, centres="fractional",
-                            note="PtyLab's one pupil cannot model fractional centres"))
+                            note="PtyLab's one pupil cannot model fractional centres",
+                            frame_size=trainer.engine.frame))
     return rows, info
 
 
@@ -255,20 +331,23 @@ def prism_row(args) -> dict:
 
 
 # ---------------------------------------------------------------- ratios
-def ratios(rows: list[dict]) -> list[dict]:
-    """Our time-to-quality over PtyLab's best, per rounded problem, at three targets."""
+def ratios(rows: list[dict], fine: bool = False) -> list[dict]:
+    """Our time-to-quality over PtyLab's best, per rounded problem, at three targets.
+
+    `fine`: quality checked inside iterations (mopie after every batch, PtyLab ePIE every as many
+    positions); PtyLab's engines that cannot be checked inside an iteration (mPIE, qNewton) take
+    part with their per-iteration times, which can only favour them."""
     out = []
     for problem in PROBLEMS:
-        ours = next((r for r in rows if r["problem"] == problem and r["engine"] == "mopie"
-                     and r["centres"] == "rounded"), None)
-        theirs = [r for r in rows if r["problem"] == problem and r["engine"].startswith("PtyLab")
-                  and r["centres"] == "rounded"]
+        rounded = [r for r in rows if r["problem"] == problem and r["centres"] == "rounded"]
+        ours = next((r for r in rounded if r["engine"] == "mopie" and bool(r.get("granularity")) == fine), None)
+        theirs = [r for r in rounded if r["engine"].startswith("PtyLab") and (fine or not r.get("granularity"))]
         if ours is None or not theirs:
             continue
         ceiling = ours["ceiling_ssim"]
-        best_ptylab = max(r["best"]["ssim"] for r in theirs)
-        for label, target in ((f"ceiling - {MARGIN}", ceiling - MARGIN), ("ceiling", ceiling),
-                              ("PtyLab's best SSIM", best_ptylab)):
+        best_ptylab = max(r["best"]["ssim"] for r in theirs if not r.get("granularity"))
+        targets = ((f"ceiling - {MARGIN}", ceiling - MARGIN), ("ceiling", ceiling), ("PtyLab's best SSIM", best_ptylab))
+        for label, target in targets[:2] if fine else targets:
             out.append(ratio_at(problem, label, target, ours, theirs))
     return out
 
@@ -278,7 +357,8 @@ def ratio_at(problem: str, label: str, target: float, ours: dict, theirs: list[d
         curve = r["curve"]
         for index, value in enumerate(curve["ssim"]):
             if value >= target:
-                return {"engine": r["engine"], "iterations": index + 1, "seconds": curve["seconds"][index]}
+                return {"engine": r["engine"], "frame_size": r.get("frame_size"), "iterations": index + 1,
+                        "seconds": curve["seconds"][index], "granularity": r.get("granularity", "iteration")}
         return None
 
     mine = reach(ours)
@@ -308,11 +388,20 @@ def cell(metrics: dict | None) -> str:
 
 
 def reach_cell(reach: dict | None) -> str:
-    return "never" if reach is None else f"{reach['seconds']:.2f}s ({reach['iterations']})"
+    if reach is None:
+        return "never"
+    seconds = reach["seconds"]
+    shown = f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+    return f"{shown} ({reach['iterations']})"
 
 
 def short(engine: str) -> str:
     return engine.replace("betaObject=", "beta=")
+
+
+def frames(r: dict) -> str:
+    """The camera-grid (frame) side an engine worked on, where it has one."""
+    return f"{r['frame_size']} px" if r.get("frame_size") else "-"
 
 
 def label(r: dict) -> str:
@@ -332,35 +421,59 @@ def print_tables(results: dict) -> None:
         quality.add_column(column, no_wrap=True)
     speed = Table(title=f"Speed: reconstruction loop only (no simulation, setup or metric evaluation), best of "
                         f"{machine['repeats']}, {machine['threads']} thread(s); (it) = iterations")
-    for column in ("problem (centres)", "engine", "s/it", "ceiling SSIM", f"to ceiling-{MARGIN}", "best SSIM (it)",
-                   "loop total"):
+    for column in ("problem (centres)", "engine", "frames", "s/it", "ceiling SSIM", f"to ceiling-{MARGIN}",
+                   "best SSIM (it)", "loop total"):
         speed.add_column(column, no_wrap=True)
-    for r in results["rows"]:
-        quality.add_row(label(r), short(r["engine"]), f"{r['ceiling_ssim']:.4f}", cell(r["init"]),
+    for r in (r for r in results["rows"] if not r.get("granularity")):
+        quality.add_row(label(r), f"{short(r['engine'])} ({frames(r)})", f"{r['ceiling_ssim']:.4f}", cell(r["init"]),
                         *(cell(r["at_iteration"].get(str(k))) for k in BUDGETS), f"{cell(r['last'])} ({r['iterations']})")
-        speed.add_row(label(r), short(r["engine"]), f"{r['seconds_per_iteration']:.3f}", f"{r['ceiling_ssim']:.4f}",
+        speed.add_row(label(r), short(r["engine"]), frames(r), f"{r['seconds_per_iteration']:.3f}",
+                      f"{r['ceiling_ssim']:.4f}",
                       reach_cell(r["to_ceiling_minus_margin"]), f"{r['best']['ssim']:.4f} ({r['best']['iteration']})",
                       f"{r['loop_seconds']:.2f}s ({r['iterations']})")
     console.print(quality)
     console.print(speed)
-    if not results["ratios"]:
-        return
-    ratio_table = Table(title="Time to quality on the same measurements: mopie / the fastest PtyLab engine "
-                              f"to reach the target (goal <= {SPEED_GOAL})")
-    for column in ("problem", "target", "SSIM", "mopie (it)", "best PtyLab (it)", "engine", "ratio", "goal met"):
-        ratio_table.add_column(column, no_wrap=True)
-    for r in results["ratios"]:
-        best = r["ptylab_best"]
-        ratio_table.add_row(r["problem"], r["target"], f"{r['target_ssim']:.4f}", reach_cell(r["mopie"]),
-                            reach_cell(best), short(best["engine"]) if best else "-",
-                            "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
-                            "-" if r["meets_goal"] is None else ("yes" if r["meets_goal"] else "no"))
-    console.print(ratio_table)
+    print_ratios(console, results["ratios"], "Time to quality on the same measurements, at the end of iterations: "
+                 f"mopie / the fastest PtyLab engine to reach the target (goal <= {SPEED_GOAL}); (it) = iterations")
+    fine = [r for r in results["rows"] if r.get("granularity")]
+    if fine:
+        table = Table(title="Inside iterations: quality checked after every mopie batch / as many PtyLab ePIE "
+                            "positions, evaluation and snapshots off the clock; (n) = checks")
+        for column in ("problem", "engine", "frames", "checked every", f"to ceiling-{MARGIN}", "first SSIM above"):
+            table.add_column(column, no_wrap=True)
+        for r in fine:
+            reach = r["to_ceiling_minus_margin"]
+            above = "-" if reach is None else f"{r['curve']['ssim'][reach['iterations'] - 1]:.4f}"
+            table.add_row(r["problem"], short(r["engine"]), frames(r), r["granularity"], reach_cell(reach), above)
+        console.print(table)
+        print_ratios(console, results["ratios_within_iterations"],
+                     "Time to quality inside iterations: mopie / the fastest PtyLab engine (ePIE checked inside "
+                     "iterations; mPIE, qNewton at their iterations' ends); (n) = checks or iterations")
     for key, value in results["problems"].items():
-        for name, error in value.items():
-            if name.startswith("ptylab_forward_error"):
-                print(f"PtyLab forward model vs our frames at the true spectrum, {key}: relative error per "
-                      f"aperture max {error['max']:.2e}, median {error['median']:.2e}")
+        for name, errors in value.items():
+            if not name.startswith("ptylab_forward_error"):
+                continue
+            for frame, error in (errors.items() if "max" not in errors else [("mopie's", errors)]):
+                print(f"PtyLab forward model vs the {frame}{' px' if frame.isdigit() else ''} frames at the true "
+                      f"spectrum, {key}: relative error per aperture max {error['max']:.2e}, "
+                      f"median {error['median']:.2e}")
+
+
+def print_ratios(console, ratios_: list[dict], title: str) -> None:
+    from rich.table import Table
+
+    if not ratios_:
+        return
+    table = Table(title=title)
+    for column in ("problem", "target", "SSIM", "mopie", "best PtyLab", "engine", "ratio", "goal met"):
+        table.add_column(column, no_wrap=True)
+    for r in ratios_:
+        best = r["ptylab_best"]
+        table.add_row(r["problem"], r["target"], f"{r['target_ssim']:.4f}", reach_cell(r["mopie"]),
+                      reach_cell(best), f"{short(best['engine'])} ({frames(best)})" if best else "-",
+                      "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+                      "-" if r["meets_goal"] is None else ("yes" if r["meets_goal"] else "no"))
+    console.print(table)
 
 
 def main() -> None:
@@ -406,7 +519,7 @@ def main() -> None:
     results = {"machine": machine_info(args, ptylab_version, load_at_start), "problems": problems,
                "timing": "reconstruction loop only: simulation, setup and our metric evaluation excluded; "
                          "time to quality at the end of the first iteration reaching the target",
-               "rows": rows, "ratios": ratios(rows)}
+               "rows": rows, "ratios": ratios(rows), "ratios_within_iterations": ratios(rows, fine=True)}
     output = args.output or (folder / "imaging_quick.json" if args.quick else RESULTS / "imaging.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))

@@ -206,6 +206,43 @@ def run(problem: Problem, engine: str, iterations: int, seed: int = 0, **engine_
     return trace
 
 
+def run_stepwise(problem: Problem, engine: str, iterations: int, every: int, seed: int = 0,
+                 **engine_params) -> Trace:
+    """Like `run`, with a snapshot every `every` scan positions inside each iteration too (and
+    one at each iteration's end). Only ePIE can: its `reconstruct_stepwise` yields after every
+    position. The clock is paused while a snapshot is copied, so the trace times the engine."""
+    solver, reconstruction, _ = build(problem, engine, seed, **engine_params)
+    if not hasattr(solver, "reconstruct_stepwise"):
+        raise ValueError(f"PtyLab {engine} has no stepwise reconstruction")
+    solver.numIterations = iterations
+    trace = Trace(init=metrics_of(reconstruction.object, problem))
+    snapshots, stamps, paused = [], [], [0.0]
+    shown = solver.showReconstruction
+
+    def snapshot():
+        pause = time.perf_counter()
+        stamps.append(pause - started - paused[0])
+        snapshots.append(reconstruction.object.copy())
+        paused[0] += time.perf_counter() - pause
+
+    def at_the_end(loop, force=False):
+        shown(loop, force)
+        snapshot()
+
+    solver.showReconstruction = at_the_end
+
+    def steps():
+        for _, position in solver.reconstruct_stepwise():
+            if (position + 1) % every == 0:
+                snapshot()
+
+    started = time.perf_counter()
+    _quietly(steps)
+    trace.seconds = stamps
+    trace.metrics = [metrics_of(spectrum, problem) for spectrum in snapshots]
+    return trace
+
+
 def _quietly(function):
     """Run with PtyLab's progress bars and banner silenced (they write to stdout)."""
     import contextlib

@@ -127,6 +127,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray actor scaling (1 vs 2 actors)")
     parser.add_argument("--server", action="store_true", help="also 2 actors through the inference server")
+    parser.add_argument("--actor-counts", default="", help="e.g. 8,16,30: also N CPU actors and N actors feeding "
+                                                          "one inference server (on the GPU when there is one)")
+    parser.add_argument("--out", default=str(RESULTS / "selfplay.json"))
     args = parser.parse_args()
 
     import torch
@@ -176,9 +179,10 @@ def main() -> None:
         "component_costs_us_per_ply": components,
     }
     if not args.no_ray:
-        results["scaling"] = ray_scaling(config, weights, args.plies, args.repeats, args.server)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    previous = RESULTS / "selfplay.json"
+        counts = [int(n) for n in args.actor_counts.split(",") if n.strip()]
+        results["scaling"] = ray_scaling(config, weights, args.plies, args.repeats, args.server, counts)
+    previous = Path(args.out)
+    previous.parent.mkdir(parents=True, exist_ok=True)
     if previous.is_file():  # keep sections other scripts added (e.g. the learning check, Ray scaling)
         kept = {k: v for k, v in json.loads(previous.read_text()).items() if k not in results}
         results = {**results, **kept}
@@ -204,21 +208,32 @@ def main() -> None:
         print_scaling(results["scaling"], config)
 
 
-def ray_sources(config, server: bool) -> dict:
-    """Real Ray self-play actors: 1 actor and 2 actors (and 2 through the inference server)."""
+def ray_sources(config, server: bool, count: int = 0, served: bool = False) -> dict:
+    """Real Ray self-play actors: 1 actor and 2 actors (and 2 through the inference server); or,
+    with `count` N, N CPU actors, or N actors feeding one server (`served`; GPU if there is one)."""
+    import torch
+
     from distributed.selfplay import RaySource
 
     # a quarter CPU each, so that every source's actors (and server) can be alive at once on 2 CPUs:
     # the sources collect in turns, so the actors playing at any moment have a core each
     ray_config = config.model_copy(update={"collector": "ray", "actor_cpus": 0.25})
-    sources = {"actors_1": RaySource(ray_config.model_copy(update={"actors": 1})),
-               "actors_2": RaySource(ray_config.model_copy(update={"actors": 2}))}
-    if server:
+    sources = {}
+    if not count:
+        sources = {"actors_1": RaySource(ray_config.model_copy(update={"actors": 1})),
+                   "actors_2": RaySource(ray_config.model_copy(update={"actors": 2}))}
+    if server and not count:
         sources["actors_2_server"] = RaySource(ray_config.model_copy(update={"actors": 2, "inference": "server"}))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if count and not served:
+        sources[f"actors_{count}"] = RaySource(ray_config.model_copy(update={"actors": count, "actor_cpus": 1.0}))
+    elif count:
+        served_config = ray_config.model_copy(update={"actors": count, "actor_cpus": 1.0, "inference": "server"})
+        sources[f"actors_{count}_server"] = RaySource(served_config, device=device)
     return sources
 
 
-def ray_scaling(config, weights, plies: int, repeats: int, server: bool) -> dict:
+def ray_scaling(config, weights, plies: int, repeats: int, server: bool, counts: list[int] = ()) -> dict:
     """Self-play plies per second of 1 and 2 Ray actors, `plies` learner moves per actor per
     collection; collections of the sources interleaved; best of `repeats` each."""
     import os
@@ -226,18 +241,28 @@ def ray_scaling(config, weights, plies: int, repeats: int, server: bool) -> dict
     import ray
 
     ray.init(num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False, log_to_driver=False)
-    sources = ray_sources(config, server)
-    actors = {name: len(source.ids) for name, source in sources.items()}
-    runs: dict[str, list] = {name: [] for name in sources}
+    runs: dict[str, list] = {}
+    actors: dict[str, int] = {}
+    # the small sources first (a quarter CPU each, alive together, collecting in turns),
+    # then each N alone, CPU actors and served actors in turn (N actors hold N CPUs)
+    groups = [(0, False)] + [(n, served) for n in counts for served in (False, True)]
     try:
-        for name, source in sources.items():  # warm-up: the actors' buffers, first touch
-            source.collect(weights, config.games_per_batch * 8 * actors[name], seed=0, opponent=weights)
-        for repeat in range(repeats):
-            for name, source in sources.items():
-                runs[name] += measure_source(source, weights, plies * actors[name], 1, opponent=weights)
+        for count, served in groups:
+            print(f"starting {'the 1 and 2 actor sources' if not count else f'{count} actors'}"
+                  f"{' + inference server' if served else ''}", flush=True)
+            sources = ray_sources(config, server, count, served)
+            try:
+                for name, source in sources.items():  # warm-up: the actors' buffers, first touch
+                    actors[name] = len(source.ids)
+                    runs[name] = []
+                    source.collect(weights, config.games_per_batch * 8 * actors[name], seed=0, opponent=weights)
+                for repeat in range(repeats):
+                    for name, source in sources.items():
+                        runs[name] += measure_source(source, weights, plies * actors[name], 1, opponent=weights)
+            finally:
+                for source in sources.values():
+                    source.close()
     finally:
-        for source in sources.values():
-            source.close()
         ray.shutdown()
     scaling = {}
     for name, measured in runs.items():
@@ -272,9 +297,7 @@ def print_scaling(scaling: dict, config) -> None:
     for column in ("actors", "plies/s (best)", "plies/s (median)", "per actor", "cores used", "speedup"):
         table.add_column(column)
     one = scaling["actors_1"]["best_plies_per_second"]
-    for name in ("actors_1", "actors_2", "actors_2_server"):
-        if name not in scaling:
-            continue
+    for name in [key for key in scaling if key.startswith("actors_")]:
         row = scaling[name]
         label = f"{row['actors']}" + (" + inference server" if name.endswith("server") else "")
         table.add_row(label, f"{row['best_plies_per_second']:,.0f}", f"{row['median_plies_per_second']:,.0f}",

@@ -124,11 +124,11 @@ def build_trainable(plan: TrialPlan, algorithm: str, base_config: dict[str, Any]
 def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, scheduler, search,
                 num_samples: int, concurrency: int, storage: Path, name: str, use_wandb: bool,
                 reuse_actors: bool = False, max_failures: int = 1) -> tune.Tuner:
-    callbacks = []
-    if use_wandb:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
-        callbacks.append(WandbLoggerCallback(project="trainyard", group=name, upload_timeout=60))
+    # W&B (use_wandb): every trial logs its own W&B run from inside the trial (RunLogger), in
+    # the group tune.py sets (WANDB_RUN_GROUP). Ray's WandbLoggerCallback is not used: it would
+    # log every trial a second time, and it hands WANDB_API_KEY to its actor through a
+    # runtime_env, which Ray writes in plain text to runtime_env_agent.log.
+    callbacks: list[Any] = []
     return tune.Tuner(
         trainable,
         param_space=space,

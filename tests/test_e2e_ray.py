@@ -98,13 +98,14 @@ def test_tune_mopie_two_trials(ray_session, tmp_path):
 
 
 def test_a_diverging_trial_ends_with_its_reason_and_the_search_goes_on(ray_session, tmp_path):
-    # no constraints + full steps + heavy momentum: the second grid point blows up (inf) at
-    # about epoch 6; the first (no momentum) converges. Both run on the default 256 grid.
+    # no constraints + full steps + heavy momentum after every batch: the second grid point
+    # blows up (inf) within 8 epochs; the first (no momentum) converges. Both run on the default 256 grid.
     code = tune.main(["--algorithm", "mopie", "--num-samples", "1", "--scheduler", "fifo",
                       "--storage", str(tmp_path), "--name", "nan-search",
                       "--set", "value_range=none", "--set", "support=false", "--set", "max_iterations=8",
                       "--set", "patience=0", "--grid", "lr=[2.0]", "--grid", "momentum=[0.0, 0.99]",
-                      "--grid", "schedule=[none]", "--grid", "batch_size=[16]"])
+                      "--grid", "schedule=[none]", "--grid", "batch_size=[16]",
+                      "--set", "momentum_every=1"])
     assert code == 0  # one trial finished: the search is a success with one error in its table
     table = pd.read_csv(tmp_path / "nan-search" / "trials.csv").sort_values("config/momentum")
     assert list(table["status"]) == ["TERMINATED", "ERROR"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import run
+import tune
 from trainers.checkpoint import STATE_FILE, CheckpointError, load_checkpoint, save_atomic
 from trainers.context import LocalContext
 
@@ -138,6 +139,28 @@ def test_a_wandb_key_is_written_nowhere(ray_session, small_sets, tmp_path, monke
     assert not leaks, leaks
     printed = "".join(capfd.readouterr())
     assert SECRET not in printed
+    session_logs = Path(ray_session._private.worker._global_node.get_session_dir_path()) / "logs"
+    leaks = [str(p) for p in session_logs.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaks, leaks
+
+
+@pytest.mark.ray
+def test_a_wandb_key_is_written_nowhere_by_a_search(ray_session, small_sets, tmp_path, monkeypatch, capfd):
+    """The same for tune.py --wandb: each trial logs its own W&B run (no WandbLoggerCallback,
+    which would hand the key to an actor through a runtime_env that Ray logs in plain text)."""
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "secret-search")
+    code = tune.main(["--algorithm", "gat-simple", "--num-samples", "2", "--scheduler", "fifo",
+                      "--storage", str(tmp_path), "--name", "secret-search", "--wandb",
+                      *[f"--set={s}" for s in small_sets], "--set", "max_iterations=2"])
+    assert code == 0
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(list(tmp_path.rglob("wandb/offline-run-*"))) == 2, "each trial writes its own W&B run"
+    leaks = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert not leaks, leaks
+    assert SECRET not in "".join(capfd.readouterr())
     session_logs = Path(ray_session._private.worker._global_node.get_session_dir_path()) / "logs"
     leaks = [str(p) for p in session_logs.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert not leaks, leaks

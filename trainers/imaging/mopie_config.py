@@ -19,15 +19,20 @@ class MopieConfig(ImagingConfig):
     beta: float = Field(1.0, ge=0, le=2, description="probe step (acts only with learn_probe)")
     learn_probe: bool = Field(False, description="also refine a shared complex pupil inside the known disc")
     momentum: float = Field(0.5, ge=0, lt=1, description="mPIE momentum eta; 0 = plain (batched) ePIE")
-    momentum_every: int = Field(1, ge=0, le=100_000,
+    momentum_every: int = Field(0, ge=0, le=100_000,
                                 description="mini-batches between momentum steps; 0 = once per epoch")
+    constrain_every: int = Field(0, ge=0, le=100_000,
+                                 description="mini-batches between real-space constraints (two N x N FFTs); "
+                                             "0 = once per epoch (always at the epoch's end)")
     batch_size: int = Field(16, ge=1, le=1_000_000, description="apertures per batched update (1 = sequential ePIE)")
-    support: bool = Field(True, description="zero the object outside its obj_size window after each update")
+    support: bool = Field(True, description="zero the object outside its obj_size window (with the constraints)")
     value_range: Literal["real", "modulus", "none"] = Field(
-        "real", description="real: clamp to real [0, 1]; modulus: clamp |object| to 1; none")
+        "real", description="real: clamp to real [0, 1] (and store half the Hermitian spectrum); "
+                            "modulus: clamp |object| to 1; none")
     frame_size: Optional[int] = Field(None, ge=8, le=8192,
-                                      description="low-res frame side (divides image_size); None = auto, "
-                                                  "image_size = full-grid FFTs")
+                                      description="camera-grid side M of the per-aperture FFTs (sample_diameter + 2 "
+                                                  "to image_size); None = auto (>= d + 3, or >= 2d + 2 with "
+                                                  "learn_probe), image_size = full-grid FFTs")
     max_iterations: int = Field(30, ge=1, le=1_000_000)
     patience: int = Field(5, ge=0, le=10_000)
 
@@ -44,8 +49,8 @@ class MopieConfig(ImagingConfig):
     @model_validator(mode="after")
     def _frame_fits(self):
         if self.frame_size is not None:
-            if self.image_size % self.frame_size:
-                raise ValueError(f"frame_size ({self.frame_size}) must divide image_size ({self.image_size})")
+            if self.frame_size > self.image_size:
+                raise ValueError(f"frame_size ({self.frame_size}) must be <= image_size ({self.image_size})")
             if self.frame_size < self.sample_diameter + 2:
                 raise ValueError(f"frame_size ({self.frame_size}) must be >= sample_diameter + 2 "
                                  f"({self.sample_diameter + 2}) so that the pupil fits in a frame")

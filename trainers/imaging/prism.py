@@ -39,7 +39,7 @@ from trainers.imaging import forward as fw
 from trainers.imaging import metrics as im
 from trainers.imaging import sampling
 from trainers.imaging.metrics import image_metrics
-from trainers.imaging.mopie import MopieEngine, auto_frame_size, simulate_experiment, to_frames
+from trainers.imaging.mopie import MopieEngine, simulate_experiment, to_frames
 from trainers.imaging.prism_config import PrismConfig
 
 # spec defaults of create_scheduler, overridable through schedule_kwargs
@@ -119,6 +119,14 @@ def ssim_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 LOSSES = {"l1": relative_l1, "l2": relative_l2, "ssim": ssim_loss}
 
 
+def frame_size(grid: int, diameter: float) -> int:
+    """prism's frames: the smallest N/s (s an integer) >= 2d + 2, which hold every sample of the
+    intensity. prism was tuned on these; other sizes are as exact but move its fits (default
+    problem: SSIM 0.88 on 108 px frames, 0.90 on these 128 px)."""
+    sizes = (grid // s for s in range(grid, 0, -1) if grid % s == 0)
+    return next((size for size in sizes if size >= 2 * diameter + 2), grid)
+
+
 # ---------------------------------------------------------------- the trainer
 class PrismTrainer(Trainer):
     algorithm = "prism"
@@ -130,7 +138,7 @@ class PrismTrainer(Trainer):
         grid, diameter = config.image_size, config.sample_diameter
         images, positions_meas = simulate_experiment(self)
         # the stored measurements, indexed by sample id, and the exact frame model of mopie
-        self.engine = MopieEngine(to_frames(images, auto_frame_size(grid, diameter)), self.positions,
+        self.engine = MopieEngine(to_frames(images, frame_size(grid, diameter), diameter), self.positions,
                                   diameter, grid, self.obj_size, support=False)
         self.init_target = self._init_target(images, positions_meas).to(self.device)
         del images
