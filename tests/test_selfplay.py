@@ -530,3 +530,23 @@ def test_shaping_rewards_by_hand_and_the_return_is_unchanged():
     # the capture is credited at once: the first move's advantage rises, the return is the same
     assert shaped.advantages[0] == pytest.approx(plain.advantages[0])  # gamma = lambda = 1, V = 0
     assert shaped.advantages[1] < plain.advantages[1] + 1e-9
+
+
+def test_incremental_balance_equals_a_recount_in_random_games():
+    import cshogi
+
+    from trainers.selfplay.agents import capture_first_agent
+    from trainers.selfplay.game import material_balance
+
+    rng = np.random.default_rng(3)
+    promotions = captures = 0
+    for _ in range(6):
+        game = Game(400)
+        while game.end is None:
+            move = capture_first_agent([game], rng)[0]
+            captures += bool(cshogi.move_cap(move))
+            promotions += bool(cshogi.move_is_promotion(move))
+            game.push(move)
+            for color in (cshogi.BLACK, cshogi.WHITE):
+                assert game.balance(color) == material_balance(game.board, color)
+    assert captures > 50 and promotions > 5  # the games did exercise both

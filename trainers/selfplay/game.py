@@ -70,6 +70,7 @@ class Game:
         self.counts = {key: 1}
         self.in_check = [self.board.is_check()]  # in_check[t]: move t gave check
         self.legal = list(self.board.legal_moves)
+        self.black_balance = material_balance(self.board, cshogi.BLACK)  # kept up to date by push
         self.end: GameEnd | None = None
         if not self.legal:
             self.end = GameEnd(NO_LEGAL_MOVE, cshogi.opponent(self.board.turn))
@@ -86,6 +87,10 @@ class Game:
     def turn(self) -> int:
         return self.board.turn
 
+    def balance(self, color: int) -> float:
+        """material_balance(self.board, color), kept incrementally (a few cshogi calls a move)."""
+        return self.black_balance if color == cshogi.BLACK else -self.black_balance
+
     @property
     def plies(self) -> int:
         return len(self.moves)
@@ -95,6 +100,8 @@ class Game:
         if self.end is not None:
             raise RuntimeError(f"the game is over ({self.end.reason})")
         board = self.board
+        gain = material_gain(move)
+        self.black_balance += gain if board.turn == cshogi.BLACK else -gain
         board.push(move)
         self.moves.append(move)
         key = board.zobrist_hash()
@@ -133,6 +140,28 @@ for _piece, _value in _VALUES.items():
     _BOARD_VALUE[_piece], _BOARD_VALUE[_piece + 16] = _value, -_value
 # pieces in hand, in cshogi's order: pawn, lance, knight, silver, gold, bishop, rook
 _HAND_VALUE = np.array([1, 3, 4, 5, 6, 8, 10], dtype=np.float32)
+
+
+_PIECE_VALUE = np.zeros(16, dtype=np.float32)   # by piece type, promoted ones included
+for _piece, _value in _VALUES.items():
+    _PIECE_VALUE[_piece] = _value
+_PROMOTED = 8   # PROM_X = X + 8 for pawn, lance, knight, silver, bishop and rook
+
+
+def material_gain(move: int) -> float:
+    """How much a move raises its mover's balance: a capture takes the piece off the board and
+    puts it, unpromoted, in hand; a promotion upgrades the piece. A drop changes nothing."""
+    if cshogi.move_is_drop(move):
+        return 0.0
+    gain = 0.0
+    captured = cshogi.move_cap(move)
+    if captured:
+        base = captured - _PROMOTED if captured > cshogi.KING else captured
+        gain += float(_PIECE_VALUE[captured] + _PIECE_VALUE[base])
+    if cshogi.move_is_promotion(move):
+        moved = cshogi.move_from_piece_type(move)
+        gain += float(_PIECE_VALUE[moved + _PROMOTED] - _PIECE_VALUE[moved])
+    return gain
 
 
 def material_balance(board: cshogi.Board, color: int) -> float:

@@ -35,8 +35,8 @@ import cshogi
 import numpy as np
 
 from trainers.selfplay.game import (PACKED_FEATURES, PACKED_MASK, PERPETUAL_CHECK, REPETITION, Game, GameEnd,
-                                    encode, encode_batch, feature_buffer, mask_buffer, material_balance,
-                                    pack_features, pack_masks)
+                                    encode, encode_batch, feature_buffer, mask_buffer, pack_features,
+                                    pack_masks)
 from trainers.selfplay.network import PolicyFn
 
 COLORS = (cshogi.BLACK, cshogi.WHITE)
@@ -130,7 +130,7 @@ class GameSlot:
         """Keep one learner move (`features` and `mask` packed, kept as given: pass copies)."""
         self.plies.append(self.game.plies)
         self.colors.append(self.game.turn)
-        self.potentials.append(material_balance(self.game.board, self.game.turn))
+        self.potentials.append(self.game.balance(self.game.turn))
         self.features.append(features)
         self.masks.append(mask)
         self.actions.append(int(action))
@@ -289,7 +289,7 @@ def play_batch(policy_fn: PolicyFn, slots: list[GameSlot], plies: int, *, gamma:
                 if color in slot.colors:
                     finished.append(_Finished(slot, color, end.reward(color), not end.truncated, bootstrap,
                                               1.0 if color == game.turn else -1.0,
-                                              material_balance(game.board, color) if end.truncated else 0.0))
+                                              game.balance(color) if end.truncated else 0.0))
             collected += len(slot.plies)
             _count_end(stats, slot, end)
             slots[i] = new_slot(limit, snapshot_prob, rng, opponent_fn is not None)
