@@ -20,9 +20,10 @@ the Elo table and the RNG state (the base's).
 The pool starts with the initial weights, so early snapshot games face a near-random player.
 
 Default budget, 2 CPU cores: 150 iterations of >= 4,096 learner moves with a 3 x 32 network, about
-6-12 s an iteration (2 threads), so at most about 30 minutes. Measured in short checks on 2
-cores: the win rate against uniform random rose from about 0.3-0.4 to 0.68-0.95 (100 games,
-3 seeds) in 60-70 iterations; see benchmarks/results/selfplay.json.
+6-12 s an iteration (2 threads), so at most about 30 minutes. Measured (benchmarks/
+selfplay_learning.py, 150 iterations in 21 min on 2 shared cores): the best state won 98 of 100
+games against uniform random and 85 of 100 against capture-first (1 lost), with the default
+material shaping (runner.py); benchmarks/results/selfplay_learning.json.
 """
 from __future__ import annotations
 
