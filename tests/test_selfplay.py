@@ -550,3 +550,42 @@ def test_incremental_balance_equals_a_recount_in_random_games():
             for color in (cshogi.BLACK, cshogi.WHITE):
                 assert game.balance(color) == material_balance(game.board, color)
     assert captures > 50 and promotions > 5  # the games did exercise both
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("sfen, reason", [
+    ("garbage", "4 fields"),
+    ("lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1 b - 1", "9 ranks"),
+    ("lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL x - 1", "side to move"),
+    ("lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSN b - 1", "rank 9"),
+    ("lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGXGSNL b - 1", "unknown piece 'X'"),
+    ("lnsg1gsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL b - 1", "one king a side"),
+    ("lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LNSGKGSNL b 2K 1", "pieces in hand"),
+    ("lnsgkgsnl/1r5b1/ppppppppp/9/9/9/PPPPPPPPP/1B5R1/LN+GGKGSNL b - 1", "cannot be promoted"),
+])
+def test_a_malformed_start_sfen_is_refused_before_cshogi_sees_it(sfen, reason):
+    # cshogi itself would abort the interpreter on these (an uncaught C++ exception)
+    with pytest.raises(ConfigError, match=f"start_sfen.*{reason}"):
+        build_config(PpoShogiConfig, {"start_sfen": sfen})
+
+
+def test_games_start_from_the_given_sfen_and_resume_there():
+    sfen = "4k4/9/9/9/9/9/9/9/4K4 b 2P 1"
+    config = build_config(PpoShogiConfig, {"start_sfen": sfen, "games_per_batch": 2, "rollout_plies": 16,
+                                            "num_minibatches": 2, "ply_limit": 8})
+    source = InProcessSource(config)
+    assert all(slot.game.board.sfen() == sfen for slot in source.slots)
+    network = ActorCritic(config.blocks, config.channels)
+    source.collect(network.state_dict(), 16, seed=0)
+    restored = GameSlot.from_state(source.slots[0].state(), config.ply_limit)
+    assert restored.game.sfen == sfen and restored.game.moves == source.slots[0].game.moves
+
+
+def test_an_opponent_snapshot_of_another_network_shape_is_refused():
+    pool = OpponentPool(3, ActorCritic(1, 8).state_dict())
+    pool.add("iteration_0", ActorCritic(1, 8).state_dict())
+    with pytest.raises(ValueError, match="snapshot 'wide' does not fit this network.*blocks/channels"):
+        pool.add("wide", ActorCritic(1, 16).state_dict())
+    with pytest.raises(ValueError, match="snapshot 'deep' is not this network"):
+        pool.load_state_dict({"names": ["deep"], "weights": [ActorCritic(2, 8).state_dict()]})
+    assert pool.names == ["iteration_0"]

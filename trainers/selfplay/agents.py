@@ -67,15 +67,32 @@ class NetworkAgent:
 class OpponentPool:
     """Frozen snapshots of past weights, oldest dropped first; plain tensors (checkpointable)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, network: dict[str, torch.Tensor] | None = None):
+        """`network`: a state dict of the learner; every snapshot must have its keys and shapes."""
         self.size = size
+        self.shapes = {key: tuple(value.shape) for key, value in network.items()} if network else None
         self.names: list[str] = []
         self.weights: list[dict[str, torch.Tensor]] = []
+
+    def check(self, name: str, weights: dict[str, torch.Tensor]) -> None:
+        """A snapshot of another network shape (blocks/channels) is refused with its name."""
+        if self.shapes is None:
+            return
+        shapes = {key: tuple(value.shape) for key, value in weights.items()}
+        if shapes.keys() != self.shapes.keys():
+            missing, extra = sorted(self.shapes.keys() - shapes.keys()), sorted(shapes.keys() - self.shapes.keys())
+            raise ValueError(f"opponent-pool snapshot {name!r} is not this network: missing {missing[:3]}, "
+                             f"unexpected {extra[:3]} (another blocks/channels setting?)")
+        for key, shape in shapes.items():
+            if shape != self.shapes[key]:
+                raise ValueError(f"opponent-pool snapshot {name!r} does not fit this network: {key} has shape "
+                                 f"{shape}, the network {self.shapes[key]} (another blocks/channels setting?)")
 
     def __len__(self) -> int:
         return len(self.names)
 
     def add(self, name: str, weights: dict[str, torch.Tensor]) -> None:
+        self.check(name, weights)
         self.names.append(name)
         self.weights.append({key: value.detach().cpu().clone() for key, value in weights.items()})
         while len(self.names) > self.size:
@@ -95,6 +112,8 @@ class OpponentPool:
         return {"names": list(self.names), "weights": list(self.weights)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, weights in zip(state["names"], state["weights"]):
+            self.check(name, weights)
         self.names, self.weights = list(state["names"]), list(state["weights"])
 
 

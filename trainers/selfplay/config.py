@@ -5,9 +5,10 @@ Defaults are sized for 2 CPU cores and about 30 minutes (see `trainer.py` for th
 """
 from __future__ import annotations
 
+import re
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainers.config import Mode, Schedule, TrainerConfig
 
@@ -29,6 +30,8 @@ class PpoShogiConfig(TrainerConfig):
     games_per_batch: int = Field(32, ge=1, le=4096, description="games played in lockstep, one batched forward per ply")
     rollout_plies: int = Field(4096, ge=2, le=10_000_000, description="learner moves per iteration, from games that "
                                                                         "ended (games in progress carry over)")
+    start_sfen: Optional[str] = Field(None, description="SFEN of the position every game starts from "
+                                                        "(None: the initial position)")
     ply_limit: int = Field(512, ge=2, le=100_000, description="a game reaching it is truncated (value bootstrapped)")
     snapshot_prob: float = Field(0.2, ge=0, le=1, description="probability that a new game is against a past "
                                                                "snapshot from the pool instead of the latest policy")
@@ -65,6 +68,13 @@ class PpoShogiConfig(TrainerConfig):
     eval_greedy: bool = Field(False, description="evaluation plays the most probable move instead of sampling")
     elo_k: float = Field(16.0, gt=0, le=400, description="Elo K-factor per game")
 
+    @field_validator("start_sfen")
+    @classmethod
+    def _valid_sfen(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            check_sfen(value)
+        return value
+
     @model_validator(mode="after")
     def _sizes_fit(self):
         if self.num_minibatches > self.rollout_plies // 2:
@@ -74,3 +84,55 @@ class PpoShogiConfig(TrainerConfig):
             raise ValueError("inference 'server' serves Ray self-play actors: it needs collector 'ray' "
                              "(run.py --actors N)")
         return self
+
+
+# ---------------------------------------------------------------- SFEN, checked here: cshogi aborts
+# the whole interpreter (a C++ exception) on a malformed SFEN instead of raising
+_PIECE_LETTERS = set("plnsgbrk")
+_PROMOTABLE = set("plnsbr")
+_HAND_LETTERS = set("plnsgbr")
+
+
+def check_sfen(sfen: str) -> None:
+    """Raise ValueError naming what is wrong with `sfen` (board/side/hands/move number)."""
+    fields = sfen.split()
+    if len(fields) != 4:
+        raise ValueError(f"an SFEN has 4 fields (board, side, hands, move number), got {len(fields)}")
+    board, side, hands, number = fields
+    ranks = board.split("/")
+    if len(ranks) != 9:
+        raise ValueError(f"the board has 9 ranks separated by '/', got {len(ranks)}")
+    kings = {"K": 0, "k": 0}
+    for rank_number, rank in enumerate(ranks, start=1):
+        _check_rank(rank, rank_number, kings)
+    if kings != {"K": 1, "k": 1}:
+        raise ValueError(f"the board needs one king a side (K and k), has {kings['K']} and {kings['k']}")
+    if side not in ("b", "w"):
+        raise ValueError(f"the side to move is 'b' or 'w', got {side!r}")
+    if hands != "-" and not re.fullmatch(r"(?:\d{0,2}[PLNSGBRplnsgbr])+", hands):
+        raise ValueError(f"pieces in hand are '-' or counts and letters (e.g. 2Pp), got {hands!r}")
+    if not number.isdigit() or int(number) < 1:
+        raise ValueError(f"the move number is a positive integer, got {number!r}")
+
+
+def _check_rank(rank: str, rank_number: int, kings: dict[str, int]) -> None:
+    squares, promoted = 0, False
+    for char in rank:
+        if char == "+":
+            promoted = True
+            continue
+        if char.isdigit():
+            if promoted:
+                raise ValueError(f"rank {rank_number}: '+' must precede a piece")
+            squares += int(char)
+        elif char.lower() in _PIECE_LETTERS:
+            if promoted and char.lower() not in _PROMOTABLE:
+                raise ValueError(f"rank {rank_number}: {char!r} cannot be promoted")
+            if char in kings:
+                kings[char] += 1
+            squares += 1
+        else:
+            raise ValueError(f"rank {rank_number}: unknown piece {char!r}")
+        promoted = False
+    if promoted or squares != 9:
+        raise ValueError(f"rank {rank_number} ({rank!r}) covers {squares} squares, not 9")

@@ -139,12 +139,13 @@ class GameSlot:
 
     def state(self) -> dict[str, Any]:
         """Plain data: the moves and the learner's decisions (features are replayed on load)."""
-        return {"moves": list(self.game.moves), "learner": list(self.learner), "plies": list(self.plies),
+        return {"sfen": self.game.sfen, "moves": list(self.game.moves), "learner": list(self.learner),
+                "plies": list(self.plies),
                 "actions": list(self.actions), "log_probs": list(self.log_probs), "values": list(self.values)}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], ply_limit: int) -> "GameSlot":
-        slot = cls(Game(ply_limit), tuple(bool(x) for x in state["learner"]))
+        slot = cls(Game(ply_limit, state.get("sfen")), tuple(bool(x) for x in state["learner"]))
         recorded = {int(ply): i for i, ply in enumerate(state["plies"])}
         features, mask = feature_buffer(1)[0], mask_buffer(1)[0]
         for ply, move in enumerate(list(state["moves"]) + [None]):
@@ -158,17 +159,19 @@ class GameSlot:
         return slot
 
 
-def new_slot(ply_limit: int, snapshot_prob: float, rng: np.random.Generator, snapshot_available: bool) -> GameSlot:
+def new_slot(ply_limit: int, snapshot_prob: float, rng: np.random.Generator, snapshot_available: bool,
+             sfen: str | None = None) -> GameSlot:
     """A fresh game: against the pool snapshot with probability `snapshot_prob` (learner colour
     random), else self-play."""
     if snapshot_available and snapshot_prob > 0 and rng.random() < snapshot_prob:
         black = bool(rng.random() < 0.5)
-        return GameSlot(Game(ply_limit), (black, not black))
-    return GameSlot(Game(ply_limit), (True, True))
+        return GameSlot(Game(ply_limit, sfen), (black, not black))
+    return GameSlot(Game(ply_limit, sfen), (True, True))
 
 
-def new_slots(count: int, ply_limit: int) -> list[GameSlot]:
-    return [GameSlot(Game(ply_limit), (True, True)) for _ in range(count)]
+def new_slots(count: int, ply_limit: int, sfen: str | None = None) -> list[GameSlot]:
+    """`count` self-play games from `sfen` (None: the initial position)."""
+    return [GameSlot(Game(ply_limit, sfen), (True, True)) for _ in range(count)]
 
 
 def sample_legal(logits: np.ndarray, labels: np.ndarray, counts: np.ndarray, rng: np.random.Generator
@@ -292,7 +295,7 @@ def play_batch(policy_fn: PolicyFn, slots: list[GameSlot], plies: int, *, gamma:
                                               game.balance(color) if end.truncated else 0.0))
             collected += len(slot.plies)
             _count_end(stats, slot, end)
-            slots[i] = new_slot(limit, snapshot_prob, rng, opponent_fn is not None)
+            slots[i] = new_slot(limit, snapshot_prob, rng, opponent_fn is not None, game.sfen)
         stats["plies"] += k
     boot_values = np.zeros(0, dtype=np.float32)
     if boot_features:  # one forward for every truncated game's bootstrap value
@@ -371,11 +374,12 @@ class MatchResult:
         return self.losses / max(1, self.games)
 
 
-def play_match(agent: Agent, opponent: Agent, games: int, ply_limit: int, seed: int) -> MatchResult:
+def play_match(agent: Agent, opponent: Agent, games: int, ply_limit: int, seed: int,
+               sfen: str | None = None) -> MatchResult:
     """`games` games between two agents, all in lockstep; the agent plays Black in games 0, 2, ...
     and White in 1, 3, ... Each ply, each agent is called once with the games where it is to move."""
     rng = np.random.default_rng(seed)
-    boards = [Game(ply_limit) for _ in range(games)]
+    boards = [Game(ply_limit, sfen) for _ in range(games)]
     agent_color = [COLORS[i % 2] for i in range(games)]
     ends: list[GameEnd | None] = [None] * games
     while True:

@@ -55,7 +55,7 @@ class InProcessSource:
         self.device = torch.device(device)
         self.network = ActorCritic(config.blocks, config.channels).to(self.device).eval()
         self.opponent = ActorCritic(config.blocks, config.channels).to(self.device).eval()
-        self.slots: list[GameSlot] = new_slots(config.games_per_batch, config.ply_limit)
+        self.slots: list[GameSlot] = new_slots(config.games_per_batch, config.ply_limit, config.start_sfen)
         self.batches_received = 0
         self.plies_received = 0
 

@@ -64,7 +64,7 @@ class PpoShogiTrainer(Trainer):
         self.elo.add(LEARNER, 0.0)
         self.elo.add("capture_first", 0.0)
         # the pool starts with the initial policy: early snapshot games are against a near-random player
-        self.pool = OpponentPool(config.pool_size)
+        self.pool = OpponentPool(config.pool_size, self.network.state_dict())
         self.add_snapshot(0)
         self.evaluation: dict[str, float] = {}    # the last evaluation's metrics
         self.totals = {"plies": 0, "learner_plies": 0, "games": 0, "batches": 0}
@@ -153,7 +153,7 @@ class PpoShogiTrainer(Trainer):
         metrics = match_metrics(None, "snapshot")  # NaN until the pool holds a snapshot
         for number, (suffix, name, opponent) in enumerate(opponents):
             result = play_match(learner, opponent, config.eval_games, config.ply_limit,
-                                self.seed_for(EVALUATION * 100 + number, iteration))
+                                self.seed_for(EVALUATION * 100 + number, iteration), config.start_sfen)
             for score in result.scores:
                 self.elo.update(LEARNER, name, score)
             metrics.update(match_metrics(result, suffix))
@@ -173,7 +173,8 @@ class PpoShogiTrainer(Trainer):
         learner = self.agent(self.network)
         metrics: dict[str, float] = {}
         for number, (name, opponent) in enumerate((("random", random_agent), ("capture", capture_first_agent))):
-            result = play_match(learner, opponent, games, self.config.ply_limit, self.seed_for(FINAL * 100 + number, 0))
+            result = play_match(learner, opponent, games, self.config.ply_limit, self.seed_for(FINAL * 100 + number, 0),
+                                self.config.start_sfen)
             metrics.update({f"final_{key}": value for key, value in match_metrics(result, name).items()})
         return metrics
 
