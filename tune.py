@@ -107,11 +107,9 @@ def trial_table(result_grid):
     return pd.DataFrame(rows)
 
 
-def grid_axes(args: argparse.Namespace, algorithm: str) -> dict:
-    """--grid KEY=[V1,V2]: each value checked now, as `--set KEY=V` would be, so that a typo
-    fails here (exit 2) and not in every trial."""
-    import json
-
+def grid_axes(args: argparse.Namespace) -> dict:
+    """--grid KEY=[V1,V2] as grid axes of the space (check_space_choices then validates every
+    value against the fixed config, so that a typo fails here with exit 2, not in every trial)."""
     import yaml
     from ray import tune
 
@@ -126,8 +124,6 @@ def grid_axes(args: argparse.Namespace, algorithm: str) -> dict:
             values = None
         if not key or not isinstance(values, list) or not values:
             raise ValueError(f"--grid {item!r}: expected KEY=[V1, V2, ...] with at least one value")
-        for value in values:
-            assemble_config(algorithm, args.config, [*args.set, f"{key}={json.dumps(value)}"])
         axes[key] = tune.grid_search(values)
     return axes
 
@@ -183,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec, config = assemble_config(args.algorithm, args.config, args.set)
         space_module = load_search_space(spec.name)
-        space = {**space_module.space(), **grid_axes(args, spec.name)}
+        space = {**space_module.space(), **grid_axes(args)}
         check_space_choices(spec.config_class, config, space)
         if "max_iterations" not in config.model_fields_set and hasattr(space_module, "MAX_ITERATIONS"):
             config = config.model_copy(update={"max_iterations": space_module.MAX_ITERATIONS})
