@@ -12,6 +12,10 @@ latent: the network's structure is the image prior (deep image prior / deep deco
   The measurement model is the mopie frame model, batched: one full FFT of the decoder output,
   then every aperture's M x M spectrum window in one gather and one batched inverse FFT
   (`MopieEngine` supplies the frames, windows and discs; the frames are exact).
+- Data-parallel over apertures (`world_size` > 1): each rank predicts its share of the
+  apertures; the losses are sums over frames (`FrameLoss`), so one all-reduce of the partial
+  sum gives every rank the loss of all apertures (its checks agree), and the decoder's
+  gradients are summed by one all-reduce per step. The decoder itself runs on every rank.
 - Convergence monitor, every `check_every` steps (the only host syncs of the inner loop):
   early exit after `converge_checks` checks under `loss_threshold`; plateau detection
   (relative gain < `plateau_tol` over `plateau_checks` checks); ONE escalation per sample
@@ -29,11 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from trainers import collective
 from trainers.base import Trainer, make_scheduler
 from trainers.imaging import forward as fw
 from trainers.imaging import metrics as im
@@ -94,13 +101,33 @@ def relative_l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (prediction - target).abs().sum() / target.abs().sum().clamp_min(1e-30)
 
 
-def relative_l2(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """||p - t||_2 / ||t||_2: a norm ratio (not squared), so one loss_threshold suits l1 and l2."""
-    return ((prediction - target).square().sum() / target.square().sum().clamp_min(1e-30)).sqrt()
+@dataclass(frozen=True)
+class FrameLoss:
+    """A loss over (B, M, M) frames written as a sum over frames (`partial`), finished with a
+    normaliser of all the targets: ranks that hold shares of the frames add their partial sums
+    and get the loss of all of them (see `PrismTrainer._fit`). Called, it is the plain loss."""
+
+    partial: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    normaliser: Callable[[torch.Tensor], torch.Tensor]
+    finish: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def __call__(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.partial(prediction, target), self.normaliser(target))
 
 
-def ssim_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """1 - mean SSIM of (B, M, M) frames, each pair scaled by its measurement's maximum.
+def _floored(value: torch.Tensor) -> torch.Tensor:
+    return value.clamp_min(1e-30)
+
+
+# relative L1: sum |p - t| / sum |t|
+L1 = FrameLoss(lambda p, t: (p - t).abs().sum(), lambda t: _floored(t.abs().sum()), torch.div)
+# relative L2, ||p - t||_2 / ||t||_2: a norm ratio (not squared), so one loss_threshold suits l1 and l2
+L2 = FrameLoss(lambda p, t: (p - t).square().sum(), lambda t: _floored(t.square().sum()),
+               lambda total, norm: (total / norm).sqrt())
+
+
+def ssim_dissimilarity(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over (B, M, M) frames of 1 - SSIM, each pair scaled by its measurement's maximum.
 
     The same window and constants as metrics.ssim, but differentiable and in float32
     (metrics.ssim detaches and works in float64 for its skimage match).
@@ -113,10 +140,12 @@ def ssim_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
     c1, c2 = im.K1 ** 2, im.K2 ** 2
     ssim_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return 1 - ssim_map.mean()
+    return (1 - ssim_map).mean(dim=(-2, -1)).sum()
 
 
-LOSSES = {"l1": relative_l1, "l2": relative_l2, "ssim": ssim_loss}
+# 1 - mean SSIM over the frames
+SSIM = FrameLoss(ssim_dissimilarity, lambda t: torch.tensor(float(len(t)), device=t.device), torch.div)
+LOSSES = {"l1": L1, "l2": L2, "ssim": SSIM}
 
 
 def frame_size(grid: int, diameter: float) -> int:
@@ -228,6 +257,9 @@ class PrismTrainer(Trainer):
         """Fit the decoder to the measurements `ids`; the convergence monitor decides when to stop."""
         config = self.config
         loss_fn = LOSSES[loss_name]
+        normaliser = loss_fn.normaliser(self.engine.frames[ids])  # of all the apertures
+        world = self.context.world_size
+        ids = ids[collective.share(len(ids), self.context.rank, world)]  # this rank's apertures
         index = self.engine.window_index(ids.to(self.device))
         discs = self.engine.discs[ids].to(torch.complex64)
         target = self.engine.frames[ids]
@@ -241,8 +273,15 @@ class PrismTrainer(Trainer):
         loss_value = float("inf")
         for step in range(1, budget + 1):
             self.optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(self.predict_frames(self.amplitude(), index, discs), target)
+            amplitude = self.amplitude()
+            if len(ids):
+                partial = loss_fn.partial(self.predict_frames(amplitude, index, discs), target)
+            else:  # fewer apertures than ranks so far: this rank adds nothing (FFTs of none fail)
+                partial = 0 * amplitude.sum()
+            # every rank: the loss of all apertures, the gradient through its own, then summed
+            loss = loss_fn.finish(collective.global_sum(partial, world), normaliser)
             loss.backward()
+            collective.sum_gradients(self.model.parameters(), world)
             self.optimizer.step()
             if schedule is not None and not plateau_schedule:
                 schedule.step()
