@@ -1,13 +1,19 @@
 """Every algorithm on CPU and on GPUs: iteration time in-process, through TorchTrainer on 1 and 2
-GPUs, and `mopie`'s epoch against its FFT floor.
+GPUs (data-parallel over each algorithm's batch axis), AMP and torch.compile variants, and
+`mopie`'s epoch against its FFT floor.
 
     python benchmarks/gpu.py [--device cuda|cpu] [--skip-ray] [--only NAME ...] [--out FILE]
 
 In-process rows run the trainer with a LocalContext on `--device` (no Ray start-up in the
-figure); Ray rows build the same TorchTrainer as `run.py` (1 worker x 1 GPU, then 2 workers x 1
-GPU, NCCL) and read the per-iteration wall times from the run's last checkpoint. The first
-iterations are warm-up (CUDA context, cuFFT plans, allocator): the figure is the median gap
-between iterations after them.
+figure). Ray rows run the same trainers inside one TorchTrainer per world size (1 worker x 1 GPU,
+then 2 workers x 1 GPU, NCCL; one start-up each instead of one per case), with the Ray Train
+context's rank, device, DDP wrapping and all-reduce; nothing is reported to Ray per iteration.
+
+Two times per row: `iteration_seconds`, the median gap between iterations after the warm-up
+(CUDA context, cuFFT plans, compilation), evaluation included; and `inner_seconds`, the part
+that is split over the ranks, measured inside the trainer: mopie's epoch, the Born machine's
+training epoch, the PPO learner's update, prism's optimiser step. Evaluation runs whole on every
+rank (it is not data-parallel), so the 1 -> 2 scaling is quoted on `inner_seconds`.
 
 Writes benchmarks/results/gpu-<device>.json (or --out). CI has no GPU: this is run by hand, on a
 GPU machine, and its table is copied into the README with the machine it came from.
@@ -27,22 +33,45 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
+BIG_DIGITS = "digits-65k.parquet"  # written into the data folder by `prepare_data`
 
-# algorithm, config overrides sized to keep a GPU busy (and a CPU run short enough to measure)
-CASES: dict[str, tuple[str, dict]] = {
-    "mopie-256": ("mopie", dict(max_iterations=8, patience=0)),
-    "mopie-1024": ("mopie", dict(image_size=1024, obj_size=512, n_samples=240, sample_diameter=101,
-                                 batch_size=60, max_iterations=8, patience=0)),
-    "prism-512": ("prism", dict(image_size=512, obj_size=256, n_samples=8, sample_diameter=101,
-                                max_iterations=6, patience=0, retry=False)),
-    "born-classify-digits": ("born-classify", dict(dataset="digits", feature_dim=2, bond_dim=12,
-                                                   batch_size=512, max_iterations=8, patience=0)),
-    "gat-advanced": ("gat-advanced", dict(max_iterations=6, patience=0)),
-    "ppo-shogi": ("ppo-shogi", dict(max_iterations=4, rollout_plies=2048, eval_every=1000,
-                                    eval_games=2, final_eval_games=0)),
+MOPIE_1024 = dict(image_size=1024, obj_size=512, n_samples=240, sample_diameter=101, batch_size=60,
+                  max_iterations=10, patience=0)
+PRISM_512 = dict(image_size=512, obj_size=256, n_samples=8, sample_diameter=101, max_iterations=6, patience=0,
+                 retry=False)
+PPO = dict(max_iterations=4, rollout_plies=2048, eval_every=1000, eval_games=2, final_eval_games=0)
+# the learner's share of the work: a big rollout in 2 minibatches (8,192 then 4,096 plies per rank)
+PPO_LEARNER = dict(PPO, rollout_plies=16384, num_minibatches=2, max_iterations=4)
+BORN_DIGITS = dict(dataset="digits", feature_dim=2, bond_dim=12, batch_size=512, max_iterations=8, patience=0)
+# digits-sized model (64 sites, d 2, D 20), 65,536 training images, 8,192 per worker and step
+BORN_BIG = dict(dataset=BIG_DIGITS, feature_dim=2, bond_dim=20, batch_size=8192, val_frac=0.01, test_frac=0.01,
+                max_iterations=6, patience=0)
+
+# case: (algorithm, config overrides, the metric that times the data-parallel part)
+CASES: dict[str, tuple[str, dict, str | None]] = {
+    "mopie-256": ("mopie", dict(max_iterations=10, patience=0), "epoch_seconds"),
+    "mopie-1024": ("mopie", MOPIE_1024, "epoch_seconds"),
+    # full-grid frames: 1024^2 FFTs per aperture, the work the FFT floor counts
+    "mopie-1024-fullgrid": ("mopie", dict(MOPIE_1024, frame_size=1024), "epoch_seconds"),
+    "prism-512": ("prism", PRISM_512, "step_seconds"),
+    "prism-512-fp32": ("prism", dict(PRISM_512, mixed_precision=False), "step_seconds"),
+    "prism-512-compile": ("prism", dict(PRISM_512, compile=True), "step_seconds"),
+    "born-classify-digits": ("born-classify", BORN_DIGITS, "epoch_seconds"),
+    "born-classify-big": ("born-classify", BORN_BIG, "epoch_seconds"),
+    "gat-advanced": ("gat-advanced", dict(max_iterations=6, patience=0), None),
+    "gat-advanced-bf16": ("gat-advanced", dict(max_iterations=6, patience=0, mixed_precision=True), None),
+    "gat-advanced-compile": ("gat-advanced", dict(max_iterations=6, patience=0, compile=True), None),
+    "ppo-shogi": ("ppo-shogi", PPO, "update_seconds"),
+    "ppo-learner": ("ppo-shogi", PPO_LEARNER, "update_seconds"),
+    "ppo-learner-bf16": ("ppo-shogi", dict(PPO_LEARNER, mixed_precision=True), "update_seconds"),
+    "ppo-learner-compile": ("ppo-shogi", dict(PPO_LEARNER, compile=True), "update_seconds"),
 }
-# which cases also run through TorchTrainer on 1 and 2 GPUs (data-parallel over their batch axis)
-RAY_CASES = ("born-classify-digits", "ppo-shogi", "gat-advanced", "mopie-1024", "prism-512")
+# the cases that also run through TorchTrainer on 1 and 2 GPUs
+RAY_CASES = ("mopie-1024", "mopie-1024-fullgrid", "prism-512", "born-classify-big", "born-classify-digits",
+             "ppo-learner", "gat-advanced")
+# which cases the CPU run skips (minutes each on one core, and no CPU claim rests on them)
+GPU_ONLY = ("mopie-1024-fullgrid", "prism-512-compile", "gat-advanced-compile", "ppo-learner-compile",
+            "ppo-learner-bf16", "gat-advanced-bf16", "prism-512-fp32", "born-classify-big")
 
 
 def steady_seconds(elapsed: list[float], skip: int = 2) -> float:
@@ -52,14 +81,54 @@ def steady_seconds(elapsed: list[float], skip: int = 2) -> float:
     return statistics.median(gaps) if gaps else float("nan")
 
 
-def build_config(algorithm: str, overrides: dict, data_dir: str):
+def prepare_data(data_dir: str) -> None:
+    """A digits-sized classification set big enough for big batches: sklearn's 1,797 digits, each
+    repeated with seeded pixel noise (sd 0.5 of the 0-16 scale) to 66,874 rows, 65,536 of them
+    in the 98% training split."""
+    import numpy as np
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    path = Path(data_dir) / BIG_DIGITS
+    if path.is_file():
+        return
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    rows = 66874
+    pick = np.resize(np.arange(len(digits.target)), rows)
+    features = np.clip(digits.data[pick] + rng.normal(0, 0.5, (rows, 64)), 0, 16).astype(np.float32)
+    frame = pd.DataFrame(features, columns=[f"pixel{i}" for i in range(64)])
+    frame["label"] = digits.target[pick]
+    frame.to_parquet(path)
+
+
+def build_config(case: str, data_dir: str):
     from trainers.registry import ALGORITHMS
 
+    algorithm, overrides, _ = CASES[case]
     spec = ALGORITHMS[algorithm]
     values = dict(overrides)
     if "data_dir" in spec.config_class.model_fields:
         values["data_dir"] = data_dir
+    if values.get("dataset") == BIG_DIGITS:
+        values["dataset"] = str(Path(data_dir) / BIG_DIGITS)
     return spec, spec.config_class(**values)
+
+
+def timings(case: str, history: list[dict]) -> dict:
+    """The row's times from a run's per-iteration metrics (see the module docstring)."""
+    inner_key = CASES[case][2]
+    row = {"iteration_seconds": steady_seconds([r["elapsed_seconds"] for r in history])}
+    if inner_key == "step_seconds":  # prism: an iteration is one progressive sample of many steps
+        rows = [r for r in history[1:] if r.get("steps")]
+        if rows:
+            row["inner_seconds"] = statistics.median(r["iteration_seconds"] / r["steps"] for r in rows)
+            row["sample_seconds"] = statistics.median(r["iteration_seconds"] for r in rows)
+    elif inner_key:
+        values = [r[inner_key] for r in history if inner_key in r]
+        if values:
+            row["inner_seconds"] = statistics.median(values[2:] if len(values) > 3 else values)
+    return row
 
 
 def in_process(case: str, device: str, data_dir: str) -> dict:
@@ -67,51 +136,89 @@ def in_process(case: str, device: str, data_dir: str) -> dict:
 
     from trainers.context import LocalContext
 
-    algorithm, overrides = CASES[case]
-    spec, config = build_config(algorithm, overrides, data_dir)
+    spec, config = build_config(case, data_dir)
     started = time.perf_counter()
-    trainer = spec.trainer_class()(config, LocalContext(algorithm, None, device=device, resume=False))
+    trainer = spec.trainer_class()(config, LocalContext(spec.name, None, device=device, resume=False))
     setup = time.perf_counter() - started
     result = trainer.fit()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    history = result.history
     return {"case": case, "where": f"in-process {device}", "setup_seconds": round(setup, 3),
-            "iteration_seconds": steady_seconds([row["elapsed_seconds"] for row in history]),
-            **per_step(history), "iterations": len(history), "metric": config.metric,
-            "metric_value": float(history[-1].get(config.metric, float("nan")))}
+            **timings(case, result.history), "iterations": len(result.history), "metric": config.metric,
+            "metric_value": float(result.history[-1].get(config.metric, float("nan")))}
 
 
-def per_step(history: list[dict]) -> dict:
-    """prism: seconds per optimiser step (an iteration is one progressive sample of many steps)."""
-    rows = [row for row in history[1:] if row.get("steps")]
-    if not rows:
-        return {}
-    return {"step_seconds": statistics.median(row["iteration_seconds"] / row["steps"] for row in rows)}
+def bench_loop(loop_config: dict) -> None:
+    """TorchTrainer's train_loop_per_worker: every case in turn, rank 0 writes the rows."""
+    import ray.train
+    import ray.train.torch
+
+    from distributed.context import RayTrainContext
+
+    class BenchContext(RayTrainContext):
+        """The Ray Train context's rank, device, DDP and all-reduce; reports stay in the worker."""
+
+        def __init__(self, algorithm: str):  # noqa: super().__init__ would start a run logger
+            train_context = ray.train.get_context()
+            self.algorithm, self.output_dir, self.logger = algorithm, None, None
+            self.rank, self.world_size = train_context.get_world_rank(), train_context.get_world_size()
+            self.device = ray.train.torch.get_device()
+
+        def report(self, metrics: dict, state) -> None:
+            pass
+
+        def latest_state(self):
+            return None
+
+    rows = []
+    for case in loop_config["cases"]:
+        try:
+            spec, config = build_config(case, loop_config["data_dir"])
+            context = BenchContext(spec.name)
+            started = time.perf_counter()
+            result = spec.trainer_class()(config, context).fit()
+            unit = "GPU" if context.device.type == "cuda" else "CPU"
+            rows.append({"case": case, "where": f"TorchTrainer {context.world_size} x 1 {unit}",
+                         "total_seconds": round(time.perf_counter() - started, 2), **timings(case, result.history),
+                         "iterations": len(result.history), "metric": config.metric,
+                         "metric_value": float(result.history[-1].get(config.metric, float("nan")))})
+        except Exception as error:  # noqa: BLE001 - one failing case is recorded, the others run
+            rows.append({"case": case, "error": f"{type(error).__name__}: {str(error)[:300]}"})
+        if ray.train.get_context().get_world_rank() == 0:
+            print(json.dumps(rows[-1]), flush=True)
+            Path(loop_config["out"]).write_text(json.dumps(rows))
 
 
-def through_ray(case: str, workers: int, gpus_per_worker: float, data_dir: str, storage: Path) -> dict:
-    from distributed.resources import WorkerPlan
-    from distributed.train import build_torch_trainer
-    from trainers.checkpoint import load_checkpoint
+def through_ray(cases: list[str], workers: int, data_dir: str, storage: Path, use_gpu: bool = True) -> list[dict]:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
-    algorithm, overrides = CASES[case]
-    _, config = build_config(algorithm, overrides, data_dir)
-    name = f"{case}-w{workers}-g{gpus_per_worker:g}"
-    trainer = build_torch_trainer(algorithm, config, WorkerPlan(workers, 1.0, gpus_per_worker), storage, name)
+    out = Path(data_dir) / f"ray-rows-{workers}.json"
+    trainer = TorchTrainer(bench_loop, train_loop_config={"cases": cases, "data_dir": data_dir, "out": str(out)},
+                           scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+                           run_config=RunConfig(name=f"gpu-bench-{workers}", storage_path=str(storage)))
     started = time.perf_counter()
-    result = trainer.fit()
-    total = time.perf_counter() - started
-    history = load_checkpoint(result.checkpoint.path)["trainer"]["history"]
-    # inside the worker (what the algorithm costs) and between reports (what the run sees: Ray
-    # Train takes one report per controller poll, every 0.25 s, so short iterations stretch)
-    inside = [row["iteration_seconds"] for row in history]
-    return {"case": case, "where": f"TorchTrainer {workers} x {gpus_per_worker:g} GPU",
-            "total_seconds": round(total, 2),
-            "iteration_seconds": statistics.median(inside[2:] if len(inside) > 3 else inside),
-            "report_gap_seconds": steady_seconds([row["elapsed_seconds"] for row in history]),
-            "iterations": len(history), "metric": config.metric,
-            "metric_value": float(result.metrics.get(config.metric, float("nan")))}
+    trainer.fit()
+    print(f"TorchTrainer {workers} worker(s): {time.perf_counter() - started:.1f} s with start-up", flush=True)
+    return json.loads(out.read_text()) if out.is_file() else []
+
+
+def scaling_rows(ray_rows: list[dict]) -> list[dict]:
+    """1 -> 2 GPU speed-up of each case, on the data-parallel part (and on whole iterations)."""
+    by_case: dict[str, dict[int, dict]] = {}
+    for row in ray_rows:
+        if "where" in row:
+            by_case.setdefault(row["case"], {})[int(row["where"].split()[1])] = row
+    rows = []
+    for case, runs in by_case.items():
+        if 1 in runs and 2 in runs:
+            one, two = runs[1], runs[2]
+            row = {"case": case, "iteration_scaling": one["iteration_seconds"] / two["iteration_seconds"]}
+            if "inner_seconds" in one and "inner_seconds" in two:
+                row |= {"inner_1gpu": one["inner_seconds"], "inner_2gpu": two["inner_seconds"],
+                        "inner_scaling": one["inner_seconds"] / two["inner_seconds"]}
+            rows.append(row)
+    return rows
 
 
 def fft_floor(device: str) -> list[dict]:
@@ -169,6 +276,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--ray-on-cpu", action="store_true", help="the Ray rows on 1 and 2 CPU workers (a check "
+                                                                   "of this script where there is no GPU)")
     parser.add_argument("--only", nargs="*", help="case names (default: all)")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/gpu-<device>.json)")
     args = parser.parse_args()
@@ -176,9 +285,10 @@ def main() -> int:
 
     if args.device == "cpu":
         torch.set_num_threads(1)  # what one TorchTrainer worker on 1 CPU gets
-    cases = args.only or list(CASES)
+    cases = args.only or [c for c in CASES if args.device != "cpu" or c not in GPU_ONLY]
     data_dir = tempfile.mkdtemp(prefix="trainyard-gpu-data-")
-    report = {"device": _describe(args.device), "in_process": [], "ray": [], "fft_floor": []}
+    prepare_data(data_dir)
+    report = {"device": _describe(args.device), "in_process": [], "ray": [], "scaling": [], "fft_floor": []}
     out = Path(args.out) if args.out else RESULTS / f"gpu-{args.device.split(':')[0]}.json"
 
     def save() -> None:
@@ -194,17 +304,19 @@ def main() -> int:
         print_table(report["fft_floor"], "mopie FFT floor")
         save()
     gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
-    if not args.skip_ray and gpus >= 1:
+    ray_cases = [c for c in RAY_CASES if c in cases]
+    if not args.skip_ray and (gpus >= 1 or args.ray_on_cpu) and ray_cases:
         import ray
 
         ray.init(num_gpus=gpus, include_dashboard=False)
         storage = Path(tempfile.mkdtemp(prefix="trainyard-gpu-runs-"))
-        for case in (c for c in RAY_CASES if c in cases):
-            for workers in (1, 2)[: gpus]:
-                report["ray"].append(_guarded(lambda: through_ray(case, workers, 1.0, data_dir, storage), case))
-                save()
+        for workers in (1, 2)[:max(gpus, 2 if args.ray_on_cpu else 0)]:
+            report["ray"] += through_ray(ray_cases, workers, data_dir, storage, use_gpu=gpus >= 1)
+            save()
         ray.shutdown()
+        report["scaling"] = scaling_rows(report["ray"])
         print_table(report["ray"], "through TorchTrainer")
+        print_table(report["scaling"], "1 -> 2 GPUs")
     save()
     print(f"wrote {out}")
     return 0

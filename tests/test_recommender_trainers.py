@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from trainers.checkpoint import CheckpointError
 from trainers.context import LocalContext
@@ -129,3 +131,77 @@ def test_rank_shards_of_an_epoch_are_disjoint_and_cover_every_edge(small):
         shards.append(torch.cat(trainer.edge_batches()))
     assert set(shards[0].tolist()).isdisjoint(shards[1].tolist())
     assert len(shards[0]) + len(shards[1]) == len(trainer.data.train_user)
+
+
+# ---------------------------------------------------------------- speed options
+TINY_NETWORK = {"num_layers": 1, "embedding_dim": 8, "heads": 1, "dropout": 0.0}  # the cheapest to compile
+
+
+@pytest.mark.parametrize("kind", ["simple", "advanced"])
+def test_mixed_precision_is_ignored_on_cpu(small, kind):
+    losses = []
+    for flag in (False, True):  # one after the other: a trainer seeds the global RNG when built
+        trainer = create_trainer(kind, {**small, **TINY_NETWORK, "dropout": 0.1, "max_iterations": 1,
+                                        "mixed_precision": flag})
+        assert not trainer.use_amp
+        losses.append(trainer.fit().history[-1]["loss"])
+    # the loss only: with two CPU threads the backward's sums (and, through ties of this tiny
+    # network's scores, the ranking metrics) may differ in the last bits from run to run anyway
+    assert losses[0] == losses[1]
+
+
+def test_mixed_precision_autocasts_the_forward_and_keeps_float32_numbers(small, monkeypatch):
+    """CPU bf16 autocast stands in for CUDA's: the forward runs in bf16, the BPR loss and the
+    ranking metrics see float32 embeddings."""
+    values = {**small, **TINY_NETWORK, "max_iterations": 1, "mixed_precision": True}
+    plain = create_trainer("advanced", {**values, "mixed_precision": False}).fit().history[-1]
+    real_autocast = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda device_type, dtype: real_autocast("cpu", dtype=dtype))
+    trainer = create_trainer("advanced", values)
+    trainer.use_amp = True  # as on CUDA
+    linear_outputs, loss_inputs = set(), set()
+    for module in trainer.network.modules():
+        if type(module).__name__ == "Linear":
+            module.register_forward_hook(lambda m, i, out: linear_outputs.add(out.dtype))
+    bpr_loss = trainer.bpr_loss
+
+    def recording_bpr_loss(embeddings, edges, generator):
+        loss_inputs.update(value.dtype for value in embeddings.values())
+        return bpr_loss(embeddings, edges, generator)
+
+    trainer.bpr_loss = recording_bpr_loss
+    row = trainer.fit().history[-1]
+    assert linear_outputs == {torch.bfloat16} and loss_inputs == {torch.float32}
+    assert {value.dtype for value in trainer.embeddings().values()} == {torch.float32}
+    assert torch.isfinite(torch.tensor(row["loss"])) and row["loss"] != plain["loss"]
+
+
+class DDPContext(LocalContext):
+    """LocalContext with the model wrapped in DDP (world size 1, gloo), as Ray's prepare_model does."""
+
+    def prepare_model(self, model, **ddp_kwargs):
+        return DistributedDataParallel(model.to(self.device), **ddp_kwargs)
+
+
+def test_compile_trains_and_keeps_the_plain_checkpoint_keys(small, tmp_path):
+    torch.compiler.reset()
+    values = {**small, **TINY_NETWORK, "max_iterations": 1}
+    plain = create_trainer("advanced", values)
+    plain_loss = plain.fit().history[-1]["loss"]
+    keys = list(plain.model_state())
+    compiled = create_trainer("advanced", {**values, "compile": True})
+    assert isinstance(compiled.train_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled.fit().history[-1]["loss"] == pytest.approx(plain_loss, rel=1e-4)
+    assert list(compiled.model_state()) == keys and not any("_orig_mod" in key for key in keys)
+    assert list(compiled.checkpoint_payload()["trainer"]["best_state"]) == keys
+    plain.load_model_state(compiled.model_state())  # strict loads, both ways
+    compiled.load_model_state(plain.model_state())
+    # with DDP the compiled module wraps the DDP one; the checkpoint still has the plain keys
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        ddp = create_trainer("advanced", {**values, "compile": True}, DDPContext("gat-advanced"))
+        assert isinstance(ddp.model, DistributedDataParallel) and ddp.train_model._orig_mod is ddp.model
+        assert ddp.fit().history[-1]["loss"] == pytest.approx(plain_loss, rel=1e-4)
+        assert list(ddp.model_state()) == keys
+    finally:
+        dist.destroy_process_group()

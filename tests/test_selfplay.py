@@ -23,7 +23,9 @@ from trainers.selfplay.config import PpoShogiConfig  # noqa: E402
 from trainers.selfplay.game import (N_LABELS, NO_LEGAL_MOVE, PERPETUAL_CHECK, PLY_LIMIT, REPETITION,  # noqa: E402
                                     Game, encode, encode_batch, feature_buffer, mask_buffer, move_label,
                                     pack_features, pack_masks, unpack_features, unpack_masks)
-from trainers.selfplay.network import ActorCritic, make_policy_fn  # noqa: E402
+import trainers.selfplay.network as network_module  # noqa: E402
+import trainers.selfplay.ppo as ppo_module  # noqa: E402
+from trainers.selfplay.network import ActorCritic, make_policy_fn, uses_amp  # noqa: E402
 from trainers.selfplay.ppo import clipped_surrogate, masked_entropy, ppo_update  # noqa: E402
 from trainers.selfplay.runner import (ExperienceBatch, GameSlot, gae, new_slots, play_batch,  # noqa: E402
                                       play_match, sample_legal)
@@ -455,7 +457,7 @@ def test_resume_is_exact(tmp_path):
         Interrupted(PpoShogiConfig(**TINY), LocalContext("ppo-shogi", tmp_path)).fit()
     trainer = Staggered(PpoShogiConfig(**TINY), LocalContext("ppo-shogi", tmp_path))
     resumed = trainer.fit()
-    timing = {"iteration_seconds", "elapsed_seconds", "eval_seconds", "collect_plies_per_second", "network_fraction"}
+    timing = TIMING
     assert len(straight.history) == len(resumed.history) == 5
     for a, b in zip(straight.history, resumed.history):
         a, b = ({k: v for k, v in row.items() if k not in timing} for row in (a, b))
@@ -477,6 +479,74 @@ def test_trainer_reports_and_learns_nothing_silly():
                 "policy_loss", "value_loss", "entropy", "approx_kl", "explained_variance", "games", "pool_size"):
         assert np.isfinite(last[key]), key
     assert last["learner_plies"] >= 48 and last["pool_size"] == 2 and result.final_metrics == {}
+
+
+# ---------------------------------------------------------------- speed options
+TIMING = {"iteration_seconds", "elapsed_seconds", "eval_seconds", "update_seconds", "collect_plies_per_second",
+          "network_fraction"}
+
+
+def one_iteration(**values) -> tuple[PpoShogiTrainer, dict]:
+    """A TINY trainer after one iteration (collection, update, evaluation), and its metrics less timing."""
+    config = PpoShogiConfig(**{**TINY, "max_iterations": 1, "final_eval_games": 0, **values})
+    trainer = PpoShogiTrainer(config, LocalContext("ppo-shogi"))
+    row = trainer.fit().history[-1]
+    return trainer, {key: value for key, value in row.items() if key not in TIMING}
+
+
+def test_mixed_precision_is_ignored_on_cpu():
+    assert uses_amp(True, "cuda") and not uses_amp(True, "cpu") and not uses_amp(False, "cuda")
+    _, plain = one_iteration()
+    _, mixed = one_iteration(mixed_precision=True)
+    assert json.dumps(plain, sort_keys=True) == json.dumps(mixed, sort_keys=True)  # NaN-safe equality
+
+
+def test_mixed_precision_autocasts_the_forwards_and_keeps_float32_numbers(monkeypatch):
+    """CPU bf16 autocast stands in for CUDA's: the update's, self-play's and evaluation's forwards
+    run in bf16, while what is computed from them (log-softmax, losses, metrics) is float32."""
+    _, plain = one_iteration()
+    real_autocast, real_log_softmax = torch.autocast, torch.log_softmax
+    monkeypatch.setattr(torch, "autocast", lambda device_type, dtype: real_autocast("cpu", dtype=dtype))
+    for module in (network_module, ppo_module):
+        monkeypatch.setattr(module, "uses_amp", lambda mixed_precision, device: mixed_precision)
+    softmax_inputs = set()
+
+    def log_softmax(x, *args, **kwargs):
+        softmax_inputs.add(x.dtype)
+        return real_log_softmax(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "log_softmax", log_softmax)
+    config = PpoShogiConfig(**{**TINY, "max_iterations": 1, "final_eval_games": 0, "mixed_precision": True})
+    trainer = PpoShogiTrainer(config, LocalContext("ppo-shogi"))
+    outputs = {"update": set(), "evaluation": set(), "self-play": set()}
+    trainer.network.register_forward_hook(
+        lambda m, i, out: outputs["evaluation" if torch.is_inference_mode_enabled() else "update"].add(out[0].dtype))
+    trainer.source.network.register_forward_hook(lambda m, i, out: outputs["self-play"].add(out[0].dtype))
+    row = trainer.fit().history[-1]
+    assert outputs == {"update": {torch.bfloat16}, "evaluation": {torch.bfloat16}, "self-play": {torch.bfloat16}}
+    assert softmax_inputs == {torch.float32}
+    features, masks = feature_buffer(2), mask_buffer(2)
+    encode_batch([Game(), Game()], features, masks)
+    logits, values = make_policy_fn(trainer.network, "cpu", mixed_precision=True)(features, masks)
+    assert logits.dtype == values.dtype == torch.float32
+    assert all(np.isfinite(row[key]) for key in ("policy_loss", "value_loss", "entropy", "approx_kl"))
+    assert row["policy_loss"] != plain["policy_loss"]  # the bf16 forward did change the numbers
+
+
+def test_compile_trains_and_keeps_the_plain_checkpoint_keys():
+    torch.compiler.reset()
+    plain_trainer, plain = one_iteration()
+    trainer, compiled = one_iteration(compile=True)
+    assert isinstance(trainer.train_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert all(isinstance(forward, torch._dynamo.eval_frame.OptimizedModule) for forward in trainer.source.forwards)
+    keys = list(trainer.model_state())
+    assert keys == list(plain_trainer.model_state()) and not any("_orig_mod" in key for key in keys)
+    state = trainer.checkpoint_payload()["trainer"]
+    assert list(state["model"]) == list(state["best_state"]) == keys
+    plain_trainer.load_model_state(trainer.model_state())  # strict loads, both ways
+    trainer.load_model_state(plain_trainer.model_state())
+    for key in ("policy_loss", "value_loss", "entropy"):
+        assert compiled[key] == pytest.approx(plain[key], rel=1e-3, abs=1e-6), key
 
 
 def test_config_imports_no_torch_and_rejects_bad_values():

@@ -177,6 +177,8 @@ class PrismTrainer(Trainer):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = None  # the inner, per-sample schedule is built in _fit
         self.use_amp = config.mixed_precision and self.device.type == "cuda"
+        # the compiled decoder shares the parameters; states are saved from the plain one
+        self.decoder = torch.compile(self.model) if config.compile else self.model
         # progress, all of it in extra_state
         self.initialised = False
         self.sample_index = 0                       # next sample to add
@@ -213,7 +215,7 @@ class PrismTrainer(Trainer):
 
     def amplitude(self) -> torch.Tensor:
         with self._autocast():
-            return self.model().float()  # FFTs and losses stay in float32
+            return self.decoder().float()  # FFTs and losses stay in float32
 
     def predict_frames(self, amplitude: torch.Tensor, index: torch.Tensor, discs: torch.Tensor) -> torch.Tensor:
         """Model intensities (B, M, M) of the apertures whose windows/discs are given, in one batch."""

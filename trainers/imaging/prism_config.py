@@ -65,6 +65,7 @@ class PrismConfig(ImagingConfig):
     decoder_depth: int = Field(2, ge=1, le=8, description="3x3 convolutions that bring the channels down to 1")
     output_activation: Literal["sigmoid", "none"] = Field("sigmoid", description="activation of the amplitude")
     mixed_precision: bool = Field(True, description="bf16 autocast of the decoder on CUDA (ignored on CPU)")
+    compile: bool = Field(False, description="torch.compile the decoder (the first steps compile; pays on a GPU)")
 
     @model_validator(mode="after")
     def _checks_fit_the_budget(self):

@@ -27,6 +27,11 @@ class GatSimpleConfig(TrainerConfig):
         default_factory=lambda: ["artist"],
         description="node types with a free vector per node; the others are built from their neighbours")
     eval_ks: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
+    # speed (opt-in; CPU behaviour unchanged with both off)
+    mixed_precision: bool = Field(False, description="bf16 autocast of the network's forward on CUDA (ignored on "
+                                                     "CPU); losses, metrics and optimizer state stay float32")
+    compile: bool = Field(False, description="torch.compile the network (pays off on GPU for long runs; the first "
+                                             "iterations compile)")
     # data: a user's events file, or the seeded synthetic generator
     events: Optional[str] = Field(None, description="Parquet/CSV of listening events; None = synthetic")
     data_dir: str = Field("data_cache", description="where generated data is cached")

@@ -3,9 +3,15 @@
 One iteration = one epoch over the training edges (this rank's share of them when several
 workers train with DDP). Each optimiser step does one full-graph forward (the graph is small)
 and a BPR loss on a mini-batch of positive edges with true negatives.
+
+Speed options: `mixed_precision` runs the network's forwards (training and evaluation) under
+bf16 autocast on CUDA, their outputs cast to float32 before the BPR loss and the ranking metrics;
+`compile` runs the training forward through `torch.compile` of the (possibly DDP) model, while
+`model`/`network` stay the plain modules, so checkpoints keep the plain keys.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -50,6 +56,9 @@ class GatTrainer(Trainer):
             tuple(config.id_embeddings),
         ).to(self.device)
         self.model = self.context.prepare_model(self.network)
+        self.use_amp = config.mixed_precision and self.device.type == "cuda"
+        # the training forward; `model` and `network` keep the plain state-dict keys (no `_orig_mod.`)
+        self.train_model = torch.compile(self.model) if config.compile else self.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = make_scheduler(self.optimizer, config.schedule, config.max_iterations,
                                         **config.schedule_kwargs)
@@ -69,6 +78,12 @@ class GatTrainer(Trainer):
         return bool(self.on_epoch_end(iteration, metrics))
 
     # ----- training ---------------------------------------------------------------------------
+    def autocast(self):
+        """bf16 autocast of a network forward with `mixed_precision` on CUDA, else nothing."""
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def epoch_generator(self, rank: int | None = None) -> torch.Generator:
         """Seeded by (seed, epoch, rank): reproducible across resumes. Negatives use this rank's
         stream; the edge order uses rank 0's on every rank, so that the shards are disjoint."""
@@ -128,7 +143,9 @@ class GatTrainer(Trainer):
         batches = self.edge_batches()
         for edges in batches:
             self.optimizer.zero_grad(set_to_none=True)
-            embeddings = self.model(*self.message_graph(edges))
+            with self.autocast():
+                embeddings = self.train_model(*self.message_graph(edges))
+            embeddings = {kind: value.float() for kind, value in embeddings.items()}  # BPR in float32
             ranking, penalty = self.bpr_loss(embeddings, edges, generator)
             (ranking + penalty).backward()
             self.optimizer.step()
@@ -139,7 +156,8 @@ class GatTrainer(Trainer):
     @torch.no_grad()
     def embeddings(self) -> dict[str, torch.Tensor]:
         self.network.eval()
-        embeddings = self.network(self.edge_index, self.edge_attr)
+        with self.autocast():
+            embeddings = self.network(self.edge_index, self.edge_attr)
         return {kind: value.float().cpu() for kind, value in embeddings.items()}
 
     def score_function(self):

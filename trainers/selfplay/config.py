@@ -26,6 +26,11 @@ class PpoShogiConfig(TrainerConfig):
     # ----- network
     blocks: int = Field(3, ge=1, le=40, description="SE residual blocks")
     channels: int = Field(32, ge=4, le=512, description="channels of the residual tower")
+    # ----- speed (opt-in; CPU behaviour unchanged with both off)
+    mixed_precision: bool = Field(False, description="bf16 autocast of the network's forward on CUDA (ignored on "
+                                                     "CPU); losses, metrics and optimizer state stay float32")
+    compile: bool = Field(False, description="torch.compile the network (pays off on GPU for long runs; the first "
+                                             "iterations compile)")
     # ----- self-play
     games_per_batch: int = Field(32, ge=1, le=4096, description="games played in lockstep, one batched forward per ply")
     rollout_plies: int = Field(4096, ge=2, le=10_000_000, description="learner moves per iteration, from games that "

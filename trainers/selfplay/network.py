@@ -11,9 +11,14 @@ The policy layer starts small (the first policy is near uniform over the legal m
 
 `make_policy_fn` wraps a network as `policy_fn(features, masks) -> (logits, values)`, the only
 call the game runner makes: a GPU inference server can replace it.
+
+Mixed precision (`mixed_precision`, CUDA only): the forward runs under bf16 autocast
+(`autocast`), and its outputs are cast to float32 before anything is computed from them
+(log-softmax, sampling, losses), so log-probs and PPO ratios are float32.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
@@ -75,20 +80,33 @@ class ActorCritic(nn.Module):
         return logits, torch.tanh(self.value_out(hidden)).squeeze(1)
 
 
+def uses_amp(mixed_precision: bool, device: torch.device | str) -> bool:
+    """bf16 autocast is used on CUDA only; on CPU `mixed_precision` is ignored."""
+    return bool(mixed_precision) and torch.device(device).type == "cuda"
+
+
+def autocast(enabled: bool):
+    """The context of a network forward: bf16 autocast on CUDA when `enabled`, else nothing."""
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
 def masked_logits(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Illegal labels get -inf: a softmax over the result is a distribution over legal moves."""
     return logits.masked_fill(~masks, float("-inf"))
 
 
-def make_policy_fn(network: nn.Module, device: torch.device | str = "cpu") -> PolicyFn:
+def make_policy_fn(network: nn.Module, device: torch.device | str = "cpu", mixed_precision: bool = False) -> PolicyFn:
     """`policy_fn(features, masks)`: numpy float32 (B, 119, 9, 9) and bool (B, 2187) in, CPU
-    tensors out: masked logits (B, 2187) and values (B,)."""
+    tensors out: masked logits (B, 2187) and values (B,), float32. With `mixed_precision` on
+    CUDA the forward runs under bf16 autocast (outputs cast to float32 before masking)."""
     device = torch.device(device)
+    amp = uses_amp(mixed_precision, device)
 
     @torch.inference_mode()
     def policy_fn(features: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, values = network(torch.from_numpy(features).to(device))
-        logits = masked_logits(logits, torch.from_numpy(masks).to(device))
-        return logits.float().cpu(), values.float().cpu()
+        with autocast(amp):
+            logits, values = network(torch.from_numpy(features).to(device))
+        logits = masked_logits(logits.float(), torch.from_numpy(masks).to(device))
+        return logits.cpu(), values.float().cpu()
 
     return policy_fn

@@ -9,6 +9,9 @@ For `update_epochs` epochs, over `num_minibatches` shuffled minibatches of the b
 With `target_kl`, the epochs stop once an epoch's mean approximate KL passes it (the ranks
 agree on the number first, so that DDP ranks take the same number of steps).
 Host syncs: one per epoch (the KL test) and one at the end, none per minibatch.
+With `mixed_precision` on CUDA only the network's forward runs under bf16 autocast; its outputs
+are cast to float32 first, so log-probs, ratios, losses and metrics are float32 (no GradScaler:
+bf16 has float32's range). `model` may be a `torch.compile`d module (the trainer's `train_model`).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from torch import nn
 
 from trainers.selfplay.config import PpoShogiConfig
 from trainers.selfplay.game import unpack_features, unpack_masks
-from trainers.selfplay.network import masked_logits
+from trainers.selfplay.network import autocast, masked_logits, uses_amp
 from trainers.selfplay.runner import ExperienceBatch
 
 
@@ -48,6 +51,7 @@ def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Experi
                average: Callable[[dict[str, float]], dict[str, float]] = dict) -> dict[str, float]:
     """One PPO update on `batch` (this rank's shard); returns the update's metrics."""
     device = torch.device(device)
+    amp = uses_amp(config.mixed_precision, device)
     actions = torch.from_numpy(batch.actions)
     old_log_probs = torch.from_numpy(batch.log_probs)
     advantages = torch.from_numpy(batch.advantages)
@@ -62,7 +66,9 @@ def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Experi
         for index in minibatches:
             rows = index.numpy()
             mb_masks = torch.from_numpy(unpack_masks(batch.masks[rows])).to(device)
-            logits, values = model(torch.from_numpy(unpack_features(batch.features[rows])).to(device))
+            with autocast(amp):
+                logits, values = model(torch.from_numpy(unpack_features(batch.features[rows])).to(device))
+            logits, values = logits.float(), values.float()  # no-ops in float32
             log_probs = torch.log_softmax(masked_logits(logits, mb_masks), dim=1)
             new_log_probs = log_probs.gather(1, actions[index].to(device)[:, None]).squeeze(1)
             log_ratio = new_log_probs - old_log_probs[index].to(device)

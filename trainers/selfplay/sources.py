@@ -50,11 +50,16 @@ class InProcessSource:
 
     per_rank = False   # seeded per iteration: every rank plays the same games, each takes its shard
 
-    def __init__(self, config: PpoShogiConfig, device: torch.device | str = "cpu"):
+    def __init__(self, config: PpoShogiConfig, device: torch.device | str = "cpu", compile: bool = False):
+        """`compile`: run the forwards through `torch.compile` (the learner's source passes
+        `config.compile`; Ray self-play actors build this class without it)."""
         self.config = config
         self.device = torch.device(device)
         self.network = ActorCritic(config.blocks, config.channels).to(self.device).eval()
         self.opponent = ActorCritic(config.blocks, config.channels).to(self.device).eval()
+        # weights are loaded into the plain modules above; the forwards may be compiled views of them
+        self.forwards = ((torch.compile(self.network), torch.compile(self.opponent)) if compile
+                         else (self.network, self.opponent))
         self.slots: list[GameSlot] = new_slots(config.games_per_batch, config.ply_limit, config.start_sfen)
         self.batches_received = 0
         self.plies_received = 0
@@ -76,11 +81,13 @@ class InProcessSource:
                  ) -> tuple[PolicyFn, PolicyFn | None]:
         """The learner's and the snapshot's policy functions (None: no snapshot games). A source
         whose network runs elsewhere (an inference server) overrides this."""
+        amp = self.config.mixed_precision
         self.network.load_state_dict(weights)
+        learner = make_policy_fn(self.forwards[0], self.device, amp)
         if opponent is None:
-            return make_policy_fn(self.network, self.device), None
+            return learner, None
         self.opponent.load_state_dict(opponent)
-        return make_policy_fn(self.network, self.device), make_policy_fn(self.opponent, self.device)
+        return learner, make_policy_fn(self.forwards[1], self.device, amp)
 
     def counters(self) -> dict[str, float]:
         return {"batches": float(self.batches_received), "plies": float(self.plies_received)}
@@ -101,7 +108,7 @@ class InProcessSource:
 SourceFactory = Callable[[PpoShogiConfig, Any], ExperienceSource]   # (config, context) -> source
 
 SOURCES: dict[str, SourceFactory] = {
-    "in_process": lambda config, context: InProcessSource(config, context.device),
+    "in_process": lambda config, context: InProcessSource(config, context.device, compile=config.compile),
 }
 
 

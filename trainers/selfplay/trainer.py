@@ -9,7 +9,11 @@ moves of finished self-play games from the experience source, then one PPO updat
                 (between evaluations the last measured value is repeated)
     final       on the best state: `final_eval_games` games against random and capture-first
 
-The learner's model goes through `context.prepare_model` (DDP with several workers). With the
+The learner's model goes through `context.prepare_model` (DDP with several workers); with
+`compile` the update's forward goes through `torch.compile` of that (`train_model`), while
+`model`/`network` stay the plain modules, so checkpoints keep the plain keys. With
+`mixed_precision` on CUDA the update's, self-play's and evaluation's forwards run under bf16
+autocast (ppo.py, network.py). With the
 in-process source every rank receives the same experience (seeded per iteration) and trains on
 its shard; with Ray actors (`source.per_rank`) each rank's actors play that rank's share of the
 rollout and the rank trains on all of it. Either way the ranks' gradients average over the whole
@@ -56,6 +60,8 @@ class PpoShogiTrainer(Trainer):
         self.network = ActorCritic(config.blocks, config.channels)
         self.model = self.context.prepare_model(self.network)
         self.network = getattr(self.model, "module", self.model)
+        # the update's forward; `model` and `network` keep the plain state-dict keys (no `_orig_mod.`)
+        self.train_model = torch.compile(self.model) if config.compile else self.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, eps=1e-5)
         self.scheduler = make_scheduler(self.optimizer, config.schedule, config.max_iterations,
                                         **config.schedule_kwargs)
@@ -101,7 +107,10 @@ class PpoShogiTrainer(Trainer):
         batch = ExperienceBatch.concat(batches)
         shard = batch.shard(context.rank, context.world_size) if context.world_size > 1 and not own_share else batch
         generator = torch.Generator().manual_seed(self.seed_for(MINIBATCHES))
-        metrics = ppo_update(self.model, self.optimizer, shard, config, generator, self.device, context.average)
+        started = time.perf_counter()
+        metrics = ppo_update(self.train_model, self.optimizer, shard, config, generator, self.device, context.average)
+        # the learner's part, the one split over ranks (ppo_update ends in a host sync: complete)
+        metrics["update_seconds"] = time.perf_counter() - started
         if (self.iteration + 1) % config.snapshot_every == 0:
             self.add_snapshot(self.iteration + 1)
         stats = batch.stats
@@ -136,7 +145,7 @@ class PpoShogiTrainer(Trainer):
         return dict(self.evaluation)
 
     def agent(self, network: torch.nn.Module) -> NetworkAgent:
-        return NetworkAgent(make_policy_fn(network, self.device), self.config.eval_greedy)
+        return NetworkAgent(make_policy_fn(network, self.device, self.config.mixed_precision), self.config.eval_greedy)
 
     def run_evaluation(self, iteration: int) -> dict[str, float]:
         config = self.config
