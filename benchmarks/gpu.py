@@ -40,8 +40,10 @@ MOPIE_1024 = dict(image_size=1024, obj_size=512, n_samples=240, sample_diameter=
 PRISM_512 = dict(image_size=512, obj_size=256, n_samples=8, sample_diameter=101, max_iterations=6, patience=0,
                  retry=False)
 PPO = dict(max_iterations=4, rollout_plies=2048, eval_every=1000, eval_games=2, final_eval_games=0)
-# the learner's share of the work: a big rollout in 2 minibatches (8,192 then 4,096 plies per rank)
-PPO_LEARNER = dict(PPO, rollout_plies=16384, num_minibatches=2, max_iterations=4)
+# the PPO learner alone (`learner_case`): one real rollout of 16,384 plies, tiled to 131,072 rows,
+# 8 minibatches (16,384 rows per step on one GPU, 8,192 per rank on two), 3 epochs
+PPO_LEARNER = dict(rollout_plies=16384, num_minibatches=8, update_epochs=3)
+LEARNER_ROWS = int(os.environ.get("TRAINYARD_LEARNER_ROWS", 131072))  # smaller for a check on a CPU
 BORN_DIGITS = dict(dataset="digits", feature_dim=2, bond_dim=12, batch_size=512, max_iterations=8, patience=0)
 # digits-sized model (64 sites, d 2, D 20), 65,536 training images, 8,192 per worker and step
 BORN_BIG = dict(dataset=BIG_DIGITS, feature_dim=2, bond_dim=20, batch_size=8192, val_frac=0.01, test_frac=0.01,
@@ -62,9 +64,9 @@ CASES: dict[str, tuple[str, dict, str | None]] = {
     "gat-advanced-bf16": ("gat-advanced", dict(max_iterations=6, patience=0, mixed_precision=True), None),
     "gat-advanced-compile": ("gat-advanced", dict(max_iterations=6, patience=0, compile=True), None),
     "ppo-shogi": ("ppo-shogi", PPO, "update_seconds"),
-    "ppo-learner": ("ppo-shogi", PPO_LEARNER, "update_seconds"),
-    "ppo-learner-bf16": ("ppo-shogi", dict(PPO_LEARNER, mixed_precision=True), "update_seconds"),
-    "ppo-learner-compile": ("ppo-shogi", dict(PPO_LEARNER, compile=True), "update_seconds"),
+    "ppo-learner": ("ppo-learner", PPO_LEARNER, "update_seconds"),
+    "ppo-learner-bf16": ("ppo-learner", dict(PPO_LEARNER, mixed_precision=True), "update_seconds"),
+    "ppo-learner-compile": ("ppo-learner", dict(PPO_LEARNER, compile=True), "update_seconds"),
 }
 # the cases that also run through TorchTrainer on 1 and 2 GPUs
 RAY_CASES = ("mopie-1024", "mopie-1024-fullgrid", "prism-512", "born-classify-big", "born-classify-digits",
@@ -102,6 +104,39 @@ def prepare_data(data_dir: str) -> None:
     frame.to_parquet(path)
 
 
+def learner_case(case: str, device, rank: int = 0, world_size: int = 1, prepare_model=None) -> dict:
+    """The PPO learner's update (trainers/selfplay/ppo.py, the trainer's own function) on this
+    rank's shard of a big experience batch: one real self-play rollout, tiled, so that the timing
+    is not self-play's. `prepare_model`: DDP through Ray Train when there are several ranks."""
+    import numpy as np
+    import torch
+
+    from trainers.selfplay.config import PpoShogiConfig
+    from trainers.selfplay.network import ActorCritic
+    from trainers.selfplay.ppo import ppo_update
+    from trainers.selfplay.runner import ExperienceBatch
+    from trainers.selfplay.sources import InProcessSource
+
+    config = PpoShogiConfig(**CASES[case][1])
+    torch.manual_seed(0)
+    network = ActorCritic(config.blocks, config.channels)
+    rollout = ExperienceBatch.concat(InProcessSource(config).collect(network.state_dict(), config.rollout_plies,
+                                                                     seed=0))
+    batch = rollout.select(np.resize(np.arange(len(rollout)), LEARNER_ROWS)).shard(rank, world_size)
+    model = prepare_model(network) if prepare_model else network.to(device)
+    trained = torch.compile(model) if config.compile else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=1e-5)
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(4):  # the first is warm-up (allocator, cuDNN plans, compilation)
+        started = time.perf_counter()
+        ppo_update(trained, optimizer, batch, config, generator, device)
+        times.append(time.perf_counter() - started)
+    seconds = statistics.median(times[1:])
+    return {"iteration_seconds": seconds, "inner_seconds": seconds, "rows_per_rank": len(batch),
+            "rows_per_second": LEARNER_ROWS * config.update_epochs / seconds, "iterations": len(times)}
+
+
 def build_config(case: str, data_dir: str):
     from trainers.registry import ALGORITHMS
 
@@ -136,6 +171,8 @@ def in_process(case: str, device: str, data_dir: str) -> dict:
 
     from trainers.context import LocalContext
 
+    if CASES[case][0] == "ppo-learner":
+        return {"case": case, "where": f"in-process {device}", **learner_case(case, torch.device(device))}
     spec, config = build_config(case, data_dir)
     started = time.perf_counter()
     trainer = spec.trainer_class()(config, LocalContext(spec.name, None, device=device, resume=False))
@@ -152,6 +189,7 @@ def bench_loop(loop_config: dict) -> None:
     """TorchTrainer's train_loop_per_worker: every case in turn, rank 0 writes the rows."""
     import ray.train
     import ray.train.torch
+    import torch
 
     from distributed.context import RayTrainContext
 
@@ -170,18 +208,24 @@ def bench_loop(loop_config: dict) -> None:
         def latest_state(self):
             return None
 
+    def measure(case: str) -> dict:
+        train_context = ray.train.get_context()
+        world, rank = train_context.get_world_size(), train_context.get_world_rank()
+        where = f"TorchTrainer {world} x 1 {'GPU' if torch.cuda.is_available() else 'CPU'}"
+        if CASES[case][0] == "ppo-learner":
+            return {"case": case, "where": where, **learner_case(case, ray.train.torch.get_device(), rank, world,
+                                                                  ray.train.torch.prepare_model)}
+        spec, config = build_config(case, loop_config["data_dir"])
+        started = time.perf_counter()
+        result = spec.trainer_class()(config, BenchContext(spec.name)).fit()
+        return {"case": case, "where": where, "total_seconds": round(time.perf_counter() - started, 2),
+                **timings(case, result.history), "iterations": len(result.history), "metric": config.metric,
+                "metric_value": float(result.history[-1].get(config.metric, float("nan")))}
+
     rows = []
     for case in loop_config["cases"]:
         try:
-            spec, config = build_config(case, loop_config["data_dir"])
-            context = BenchContext(spec.name)
-            started = time.perf_counter()
-            result = spec.trainer_class()(config, context).fit()
-            unit = "GPU" if context.device.type == "cuda" else "CPU"
-            rows.append({"case": case, "where": f"TorchTrainer {context.world_size} x 1 {unit}",
-                         "total_seconds": round(time.perf_counter() - started, 2), **timings(case, result.history),
-                         "iterations": len(result.history), "metric": config.metric,
-                         "metric_value": float(result.history[-1].get(config.metric, float("nan")))})
+            rows.append(measure(case))
         except Exception as error:  # noqa: BLE001 - one failing case is recorded, the others run
             rows.append({"case": case, "error": f"{type(error).__name__}: {str(error)[:300]}"})
         if ray.train.get_context().get_world_rank() == 0:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import cshogi
 import numpy as np
+import torch
 from cshogi import dlshogi
 
 FEATURES1 = dlshogi.FEATURES1_NUM              # pieces, attacks (62 planes)
@@ -198,6 +199,28 @@ def unpack_features(packed: np.ndarray) -> np.ndarray:
     """(B, 1205) uint8 -> (B, 119, 9, 9) float32."""
     bits = np.unpackbits(packed, axis=1, count=FEATURE_PLANES * 81)
     return bits.reshape(len(packed), FEATURE_PLANES, 9, 9).astype(np.float32)
+
+
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' big-endian bit order
+
+
+def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """np.unpackbits(packed, axis=1, count=count) as torch ops, on packed's device: (B, n) uint8
+    -> (B, count) bool. The learner moves the packed experience to its GPU once (a 30th of the
+    unpacked size) and unpacks each minibatch there; unpacking on the host and copying 316 MB
+    of float32 features per 8,192-row minibatch took 90% of a GPU update."""
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
+    return packed.unsqueeze(-1).bitwise_and(weights).ne(0).flatten(1)[:, :count]
+
+
+def unpack_features_tensor(packed: torch.Tensor) -> torch.Tensor:
+    """(B, 1205) uint8 tensor -> (B, 119, 9, 9) float32, as `unpack_features`, on its device."""
+    return unpack_bits(packed, FEATURE_PLANES * 81).view(len(packed), FEATURE_PLANES, 9, 9).float()
+
+
+def unpack_masks_tensor(packed: torch.Tensor) -> torch.Tensor:
+    """(B, 274) uint8 tensor -> (B, 2187) bool, as `unpack_masks`, on its device."""
+    return unpack_bits(packed, N_LABELS)
 
 
 def pack_masks(masks: np.ndarray) -> np.ndarray:

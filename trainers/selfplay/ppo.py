@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from trainers.selfplay.config import PpoShogiConfig
-from trainers.selfplay.game import unpack_features, unpack_masks
+from trainers.selfplay.game import unpack_features_tensor, unpack_masks_tensor
 from trainers.selfplay.network import autocast, masked_logits, uses_amp
 from trainers.selfplay.runner import ExperienceBatch
 
@@ -52,10 +52,12 @@ def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Experi
     """One PPO update on `batch` (this rank's shard); returns the update's metrics."""
     device = torch.device(device)
     amp = uses_amp(config.mixed_precision, device)
-    actions = torch.from_numpy(batch.actions)
-    old_log_probs = torch.from_numpy(batch.log_probs)
-    advantages = torch.from_numpy(batch.advantages)
-    returns = torch.from_numpy(batch.returns)
+    # the experience goes to the device once, bit-packed; each minibatch is unpacked there
+    features, masks = (torch.from_numpy(batch.features).to(device), torch.from_numpy(batch.masks).to(device))
+    actions = torch.from_numpy(batch.actions).to(device)
+    old_log_probs = torch.from_numpy(batch.log_probs).to(device)
+    advantages = torch.from_numpy(batch.advantages).to(device)
+    returns = torch.from_numpy(batch.returns).to(device)
     n = len(batch)
     sums = torch.zeros(5, device=device)  # policy loss, value loss, entropy, approx kl, clip fraction
     steps, epochs_run = 0, 0
@@ -64,18 +66,18 @@ def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Experi
         epoch_kl = torch.zeros((), device=device)
         minibatches = torch.randperm(n, generator=generator).tensor_split(config.num_minibatches)
         for index in minibatches:
-            rows = index.numpy()
-            mb_masks = torch.from_numpy(unpack_masks(batch.masks[rows])).to(device)
+            index = index.to(device)
+            mb_masks = unpack_masks_tensor(masks[index])
             with autocast(amp):
-                logits, values = model(torch.from_numpy(unpack_features(batch.features[rows])).to(device))
+                logits, values = model(unpack_features_tensor(features[index]))
             logits, values = logits.float(), values.float()  # no-ops in float32
             log_probs = torch.log_softmax(masked_logits(logits, mb_masks), dim=1)
-            new_log_probs = log_probs.gather(1, actions[index].to(device)[:, None]).squeeze(1)
-            log_ratio = new_log_probs - old_log_probs[index].to(device)
+            new_log_probs = log_probs.gather(1, actions[index][:, None]).squeeze(1)
+            log_ratio = new_log_probs - old_log_probs[index]
             entropy = masked_entropy(log_probs, mb_masks).mean()
 
-            policy_loss = clipped_surrogate(log_ratio, normalise(advantages[index].to(device)), config.clip_coef)
-            value_loss = 0.5 * (values - returns[index].to(device)).square().mean()
+            policy_loss = clipped_surrogate(log_ratio, normalise(advantages[index]), config.clip_coef)
+            value_loss = 0.5 * (values - returns[index]).square().mean()
             loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
 
             optimizer.zero_grad(set_to_none=True)
@@ -96,7 +98,7 @@ def ppo_update(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Experi
             if kl > config.target_kl:
                 break
     means = (sums / max(1, steps)).tolist()
-    values_old = torch.from_numpy(batch.values)
+    returns, values_old = returns.cpu(), torch.from_numpy(batch.values)
     variance = float(returns.var()) if n > 1 else 0.0
     explained = 1.0 - float((returns - values_old).var()) / variance if variance > 0 else float("nan")
     return {"policy_loss": means[0], "value_loss": means[1], "entropy": means[2], "approx_kl": means[3],
