@@ -56,7 +56,7 @@ CASES: dict[str, tuple[str, dict, str | None]] = {
     # full-grid frames: 1024^2 FFTs per aperture, the work the FFT floor counts
     "mopie-1024-fullgrid": ("mopie", dict(MOPIE_1024, frame_size=1024), "epoch_seconds"),
     "prism-512": ("prism", PRISM_512, "step_seconds"),
-    "prism-512-fp32": ("prism", dict(PRISM_512, mixed_precision=False), "step_seconds"),
+    "prism-512-bf16": ("prism", dict(PRISM_512, mixed_precision=True), "step_seconds"),
     "prism-512-compile": ("prism", dict(PRISM_512, compile=True), "step_seconds"),
     "born-classify-digits": ("born-classify", BORN_DIGITS, "epoch_seconds"),
     "born-classify-big": ("born-classify", BORN_BIG, "epoch_seconds"),
@@ -73,7 +73,7 @@ RAY_CASES = ("mopie-1024", "mopie-1024-fullgrid", "prism-512", "born-classify-bi
              "ppo-learner", "gat-advanced")
 # which cases the CPU run skips (minutes each on one core, and no CPU claim rests on them)
 GPU_ONLY = ("mopie-1024-fullgrid", "prism-512-compile", "gat-advanced-compile", "ppo-learner-compile",
-            "ppo-learner-bf16", "gat-advanced-bf16", "prism-512-fp32", "born-classify-big")
+            "ppo-learner-bf16", "gat-advanced-bf16", "prism-512-bf16", "born-classify-big", "ppo-learner")
 
 
 def steady_seconds(elapsed: list[float], skip: int = 2) -> float:

