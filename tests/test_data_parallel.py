@@ -18,7 +18,8 @@ from trainers.imaging.mopie import MopieTrainer
 from trainers.imaging.mopie_config import MopieConfig
 from trainers.imaging.prism import PrismConfig, PrismTrainer
 
-MOPIE = dict(obj_size=64, image_size=128, n_samples=61, sample_diameter=21.0, patience=0, batch_size=16)
+# 61 samples in batches of 20: the last batch has one sample, so one rank's share of it is empty
+MOPIE = dict(obj_size=64, image_size=128, n_samples=61, sample_diameter=21.0, patience=0, batch_size=20)
 PRISM = dict(obj_size=32, image_size=64, n_samples=6, sample_diameter=11.0, decoder_width=8,
              steps_per_sample=20, max_cycles=1, init_steps=20, patience=0, retry=False, loss="l2")
 # case: trainer, config, values, iterations, tolerance (prism's Adam steps, hundreds of them,
@@ -73,7 +74,7 @@ def test_two_ranks_reach_the_single_rank_result(case, tmp_path):
     scale = single["image"].abs().max()
     assert (ranks[0]["image"] - single["image"]).abs().max() <= tolerance * scale
     # and the run moved: a test of a frozen state would pass the checks above
-    assert single["losses"][-1] < single["losses"][0]
+    assert abs(single["losses"][-1] - single["losses"][0]) > 1e-3 * single["losses"][0]
 
 
 def test_shares_cover_every_item_once():

@@ -285,14 +285,14 @@ class MopieEngine:
         # unnormalised FFTs (a tenth faster than "ortho"): the field is M phi, so the plan holds
         # M sqrt(I_m), and the correction comes out M^2 times too large (folded into the steps)
         area = self.frame**2
-        field = torch.fft.ifft2(exit_wave, norm="forward")
+        field = _batched_fft(exit_wave, inverse=True, norm="forward")
         model = field.real.square().addcmul_(field.imag, field.imag)          # M^2 |phi|^2
         positions = model.shape[1]
         if positions > 1:
             model = model.mean(dim=1, keepdim=True)                           # incoherent over a line
         # psi = phi sqrt(I_m / (I_r + eps)), in place on the model
         field *= model.add_(self.eps * area).rsqrt_().mul_(plan.amplitudes[rows][:, None])
-        correction = torch.fft.fft2(field, norm="backward").sub_(exit_wave, alpha=area)
+        correction = _batched_fft(field, inverse=False, norm="backward").sub_(exit_wave, alpha=area)
         # sum |psi - phi|^2 (Parseval) = sum I_r (ratio - 1)^2: the squared amplitude error
         # sum (sqrt(I_m) - sqrt(I_r))^2 up to eps, k times over a line's k positions
         error = torch.linalg.vector_norm(torch.view_as_real(correction)).square() / (positions * area**2)
@@ -408,6 +408,14 @@ class BatchPlan:
     def visiting_order(self, order: torch.Tensor) -> list[int]:
         """Batches in the order in which `order` (sample ids) first names one of their members."""
         return list(dict.fromkeys(self.batch_of[order.to(self.batch_of.device)].tolist()))
+
+
+def _batched_fft(batch: torch.Tensor, inverse: bool, norm: str) -> torch.Tensor:
+    """2-D FFTs of a batch that may be empty: a rank's share of a batch with fewer samples than
+    ranks (cuFFT and MKL refuse an empty transform; the rank still joins the batch's sums)."""
+    if batch.numel() == 0:
+        return batch.clone()
+    return (torch.fft.ifft2 if inverse else torch.fft.fft2)(batch, norm=norm)
 
 
 def _due(number: int, every: int, last: bool) -> bool:
