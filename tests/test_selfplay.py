@@ -20,10 +20,10 @@ from trainers.context import LocalContext  # noqa: E402
 from trainers.selfplay.agents import (EloTable, NetworkAgent, OpponentPool, capture_first_agent,  # noqa: E402
                                       random_agent)
 from trainers.selfplay.config import PpoShogiConfig  # noqa: E402
-from trainers.selfplay.game import (N_LABELS, NO_LEGAL_MOVE, PERPETUAL_CHECK, PLY_LIMIT, REPETITION,  # noqa: E402
+from trainers.selfplay.game import (FEATURE_PLANES, N_LABELS, NO_LEGAL_MOVE, PERPETUAL_CHECK, PLY_LIMIT, REPETITION,  # noqa: E402
                                     Game, encode, encode_batch, feature_buffer, mask_buffer, move_label,
                                     pack_features, pack_masks, unpack_features, unpack_features_tensor,
-                                    unpack_masks, unpack_masks_tensor)
+                                    unpack_bits, unpack_masks, unpack_masks_tensor)
 import trainers.selfplay.network as network_module  # noqa: E402
 import trainers.selfplay.ppo as ppo_module  # noqa: E402
 from trainers.selfplay.network import ActorCritic, make_policy_fn, uses_amp  # noqa: E402
@@ -173,9 +173,13 @@ def test_batched_encoding_equals_cshogi_labels():
     assert sum(cshogi.move_is_drop(m) for g in games for m in g.legal) > 100  # drops were covered
     assert np.array_equal(unpack_features(pack_features(features)), features)    # storage round trip
     packed = torch.from_numpy(pack_features(features))  # the learner's unpacking, on a tensor's device
-    assert torch.equal(unpack_features_tensor(packed), torch.from_numpy(unpack_features(pack_features(features))))
+    assert torch.equal(unpack_features_tensor(packed), torch.from_numpy(features))
+    # the bit ops of a GPU (a CPU takes numpy's unpackbits), run here on CPU tensors
+    unpacked = unpack_bits(packed, FEATURE_PLANES * 81).view(features.shape).float()
+    assert torch.equal(unpacked, torch.from_numpy(features))
     assert np.array_equal(unpack_masks(pack_masks(masks)), masks)
     assert torch.equal(unpack_masks_tensor(torch.from_numpy(pack_masks(masks))), torch.from_numpy(masks))
+    assert torch.equal(unpack_bits(torch.from_numpy(pack_masks(masks)), N_LABELS), torch.from_numpy(masks))
 
 
 def test_sampling_is_over_legal_moves_with_the_policy_probabilities():

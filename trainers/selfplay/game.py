@@ -215,11 +215,15 @@ def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
 
 def unpack_features_tensor(packed: torch.Tensor) -> torch.Tensor:
     """(B, 1205) uint8 tensor -> (B, 119, 9, 9) float32, as `unpack_features`, on its device."""
+    if packed.device.type == "cpu":  # numpy's unpackbits is 8x faster than the bit ops on a CPU
+        return torch.from_numpy(unpack_features(packed.numpy()))
     return unpack_bits(packed, FEATURE_PLANES * 81).view(len(packed), FEATURE_PLANES, 9, 9).float()
 
 
 def unpack_masks_tensor(packed: torch.Tensor) -> torch.Tensor:
     """(B, 274) uint8 tensor -> (B, 2187) bool, as `unpack_masks`, on its device."""
+    if packed.device.type == "cpu":
+        return torch.from_numpy(unpack_masks(packed.numpy()))
     return unpack_bits(packed, N_LABELS)
 
 
