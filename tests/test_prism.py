@@ -146,3 +146,14 @@ def test_registry():
 def test_bad_values_are_rejected_by_name(values, field):
     with pytest.raises(ConfigError, match=field):
         build_config(PrismConfig, values)
+
+
+def test_compiled_decoder_matches_and_saves_plain_keys():
+    """compile=True (torch.compile, on CPU here): the same loss as the eager decoder, and the
+    model state has the plain module's keys (no `_orig_mod.`), so either kind loads the other."""
+    small = dict(steps_per_sample=10, init_steps=10, decoder_width=8)
+    eager, compiled = make(**small), make(compile=True, **small)
+    eager_row, compiled_row = run(eager, 1)[0], run(compiled, 1)[0]
+    assert compiled_row["loss"] == pytest.approx(eager_row["loss"], rel=1e-3)
+    assert compiled.model_state().keys() == eager.model_state().keys()
+    eager.load_model_state(compiled.model_state())

@@ -67,7 +67,8 @@ class PrismConfig(ImagingConfig):
     # measured on an H200 at 512: bf16 5.4 ms per step against 4.9 in float32 (cuDNN converts every
     # bf16 activation to NHWC and back: the decoder is too small for bf16 to pay for that)
     mixed_precision: bool = Field(False, description="bf16 autocast of the decoder on CUDA (ignored on CPU)")
-    compile: bool = Field(False, description="torch.compile the decoder (the first steps compile; pays on a GPU)")
+    compile: bool = Field(False, description="torch.compile the decoder with CUDA graphs (mode reduce-overhead; the "
+                                             "first steps compile; measured on a GPU: 4.3 ms per step against 5.4)")
 
     @model_validator(mode="after")
     def _checks_fit_the_budget(self):
