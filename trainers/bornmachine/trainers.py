@@ -10,7 +10,9 @@ Metrics (validation prefixed val_, test test_):
   acc, loss (classification NLL), gen_nll (-log p(x, c) in nats per example, on the scaled
   inputs in [0, 1]^n), rob (PGD accuracy at `epsilon`), rob_fgsm@eps / rob_pgd@eps for eps in
   0.1, 0.3, fid (per-class Frechet distance of generated samples to the split, raw features),
-  epoch_seconds (training time of the epoch) and, at the end, avg_epoch_seconds.
+  at the end fid_rff (the same on random Fourier features: it sees shape, see
+  `metrics.FourierEmbedding`) and both against a per-class Gaussian (fid_gaussian,
+  fid_rff_gaussian), epoch_seconds (training time of the epoch) and, at the end, avg_epoch_seconds.
 """
 from __future__ import annotations
 
@@ -172,18 +174,36 @@ class BornTrainer(Trainer):
         metrics.update(born_metrics.robustness_metrics(self.attack_log_probs, x, y, self.config.pgd_steps,
                                                        seed=self.config.seed))
         metrics["fid_gaussian"] = self.gaussian_baseline_frechet()
+        metrics.update(self.feature_frechet())
         final = {f"test_{k}": v for k, v in metrics.items()}
         epochs = [row["epoch_seconds"] for row in self.history if "epoch_seconds" in row]
         if epochs:
             final["avg_epoch_seconds"] = float(np.mean(epochs))
         return final
 
+    def gaussian_baseline_samples(self) -> tuple[np.ndarray, np.ndarray]:
+        data = self.data
+        return born_metrics.gaussian_baseline_samples(data.train.raw, data.train.y, data.n_classes,
+                                                      self.config.fid_samples, self.config.seed)
+
     def gaussian_baseline_frechet(self) -> float:
         """Frechet distance to the test split of a per-class Gaussian fitted to the training split."""
-        data = self.data
-        fake, fake_labels = born_metrics.gaussian_baseline_samples(data.train.raw, data.train.y, data.n_classes,
-                                                                   self.config.fid_samples, self.config.seed)
-        return born_metrics.per_class_frechet(data.test.raw, data.test.y, fake, fake_labels, data.n_classes)
+        fake, fake_labels = self.gaussian_baseline_samples()
+        return born_metrics.per_class_frechet(self.data.test.raw, self.data.test.y, fake, fake_labels,
+                                              self.data.n_classes)
+
+    def feature_frechet(self) -> dict[str, float]:
+        """fid_rff and fid_rff_gaussian: the Frechet distances to the test split of our samples (the
+        same draw as `frechet`) and of the per-class Gaussian's, on random Fourier features of the
+        training split (`FourierEmbedding`): FID-style, so the distance sees shape."""
+        data, classes = self.data, self.data.n_classes
+        embed = born_metrics.FourierEmbedding.fit(data.train.raw, seed=self.config.seed)
+        fake, fake_labels = self.generate(self.config.fid_samples, self.config.seed)
+        gaussian, gaussian_labels = self.gaussian_baseline_samples()
+        return {"fid_rff": born_metrics.per_class_frechet_features(embed, data.test.raw, data.test.y, fake,
+                                                                   fake_labels, classes),
+                "fid_rff_gaussian": born_metrics.per_class_frechet_features(embed, data.test.raw, data.test.y,
+                                                                            gaussian, gaussian_labels, classes)}
 
     # ----- figures
     def save_figures(self) -> None:
