@@ -38,8 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--search", choices=("random", "optuna"), default="random")
     parser.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits)")
     parser.add_argument("--workers-per-trial", type=int, default=1)
-    parser.add_argument("--gpus-per-worker", type=float, default=0.0,
-                        help="GPU share per worker; fractions pack several trials on one GPU")
+    parser.add_argument("--gpus-per-worker", type=gpu_share, default="auto",
+                        help="GPU share per worker; fractions pack several trials on one GPU. auto (the "
+                             "default): none without GPUs, else the search space's GPU_SHARE (what one "
+                             "trial of that algorithm needs, e.g. 0.25 for mopie: 4 trials per GPU)")
     parser.add_argument("--trial-mode", choices=("auto", "inline", "train"), default="auto",
                         help="inline: run 1-worker trials in the trial process; train: a TorchTrainer per trial")
     parser.add_argument("--storage", default=os.path.join(os.environ.get("TRAINYARD_STORAGE", "results"), "tune"))
@@ -51,8 +53,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     require_minimums(parser, [("--num-samples", args.num_samples, 1),
                               ("--workers-per-trial", args.workers_per_trial, 1),
                               ("--max-concurrent", args.max_concurrent or 1, 1),
-                              ("--gpus-per-worker", args.gpus_per_worker, 0)])
+                              ("--gpus-per-worker", 0 if args.gpus_per_worker == "auto" else args.gpus_per_worker, 0)])
     return args
+
+
+def gpu_share(text: str) -> float | str:
+    """--gpus-per-worker: 'auto' or a number (its minimum is checked with the other flags)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
+
+
+def resolve_gpu_share(requested: float | str, gpus: float, space_module) -> float:
+    """auto: no GPUs where the cluster has none, else the algorithm's GPU_SHARE (default 1)."""
+    if requested != "auto":
+        return float(requested)
+    return float(getattr(space_module, "GPU_SHARE", 1.0)) if gpus > 0 else 0.0
 
 
 def latest_experiment(storage: Path, algorithm: str) -> Path | None:
@@ -183,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         check_space_choices(spec.config_class, config, space)
         if "max_iterations" not in config.model_fields_set and hasattr(space_module, "MAX_ITERATIONS"):
             config = config.model_copy(update={"max_iterations": space_module.MAX_ITERATIONS})
-        if not args.address:
+        if not args.address and args.gpus_per_worker != "auto":
             check_local_gpus(args.gpus_per_worker)
         storage = resolve_storage(args.storage)
         name = args.name or f"{spec.name}_{datetime.now():%Y%m%d-%H%M%S}"
@@ -205,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cpus, gpus = cluster_totals()
-        plan = plan_trials(args.workers_per_trial, args.gpus_per_worker, cpus, gpus, args.max_concurrent,
+        gpus_per_worker = resolve_gpu_share(args.gpus_per_worker, gpus, space_module)
+        plan = plan_trials(args.workers_per_trial, gpus_per_worker, cpus, gpus, args.max_concurrent,
                            args.trial_mode)
         if args.scheduler == "pbt" and plan.mode != "inline":
             raise ResourceError("--scheduler pbt needs inline trials (one worker per trial)")

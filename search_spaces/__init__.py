@@ -2,7 +2,9 @@
 
 Each module defines `space() -> dict` of Tune domains over config keys; it must cover `lr`,
 `patience` and `schedule`, plus the algorithm's own knobs. Optional: `MAX_ITERATIONS`, the
-per-trial iteration budget used when the user does not set `max_iterations`.
+per-trial iteration budget used when the user does not set `max_iterations`, and `GPU_SHARE`,
+the GPU fraction one trial gets from `tune.py --gpus-per-worker auto` (the default) when the
+cluster has GPUs: trials that do not fill a GPU are packed several to one.
 The metric and mode come from the algorithm's config (the same key early stopping uses).
 """
 from __future__ import annotations

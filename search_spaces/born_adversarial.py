@@ -5,6 +5,9 @@ On digits an epoch of PGD-AT (10 attack steps) takes a few seconds on one CPU th
 from ray import tune
 
 MAX_ITERATIONS = 20
+# the GPU share of a trial under tune.py --gpus-per-worker auto: a small MPS: a small part of a GPU
+# (not measured alone)
+GPU_SHARE = 0.25
 
 
 def space() -> dict:

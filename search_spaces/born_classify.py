@@ -6,6 +6,9 @@ search of 8 trials well under a minute of compute.
 from ray import tune
 
 MAX_ITERATIONS = 30
+# the GPU share of a trial under tune.py --gpus-per-worker auto: a small MPS: latency-bound, a small
+# part of a GPU (not measured alone)
+GPU_SHARE = 0.25
 
 
 def space() -> dict:

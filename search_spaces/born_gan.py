@@ -6,6 +6,9 @@ classifier_checkpoint is fixed with --set, which makes the trials compare GAN se
 from ray import tune
 
 MAX_ITERATIONS = 10
+# the GPU share of a trial under tune.py --gpus-per-worker auto: a small MPS and critic: a small
+# part of a GPU (not measured alone)
+GPU_SHARE = 0.25
 
 
 def space() -> dict:

@@ -2,6 +2,9 @@
 from ray import tune
 
 MAX_ITERATIONS = 30
+# the GPU share of a trial under tune.py --gpus-per-worker auto: a small MPS: a small part of a GPU
+# (not measured alone)
+GPU_SHARE = 0.25
 
 
 def space() -> dict:

@@ -2,6 +2,9 @@
 from ray import tune
 
 MAX_ITERATIONS = 20
+# the GPU share of a trial under tune.py --gpus-per-worker auto: the graph and its embeddings fill
+# more of a GPU (not measured alone)
+GPU_SHARE = 0.5
 
 
 def space() -> dict:

@@ -9,6 +9,9 @@ beat 0.95 and 0.7; lr between 3e-4 and 1e-3 worked, 3e-3 did not.
 from ray import tune
 
 MAX_ITERATIONS = 40
+# the GPU share of a trial under tune.py --gpus-per-worker auto: self-play and the learner's big
+# minibatches: a whole GPU
+GPU_SHARE = 1.0
 
 
 def space() -> dict:

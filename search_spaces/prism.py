@@ -8,6 +8,9 @@ so a trial is capped at 12 samples.
 from ray import tune
 
 MAX_ITERATIONS = 12
+# the GPU share of a trial under tune.py --gpus-per-worker auto: a 256-grid decoder: a small part of
+# a GPU (not measured alone)
+GPU_SHARE = 0.25
 
 
 def space() -> dict:

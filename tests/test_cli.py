@@ -79,3 +79,24 @@ def test_bad_flags_exit_2(capsys):
     assert code == 2 and "--workers must be >= 1" in err
     code, err = run_main(tune, ["--algorithm", "gat-simple", "--scheduler", "hyperband"], capsys)
     assert code == 2 and "invalid choice" in err
+
+
+def test_tune_gpu_share_auto_and_bad_values(capsys):
+    """tune.py --gpus-per-worker: auto (the default) gives CPU trials where there is no GPU and the
+    search space's GPU_SHARE where there is; a word other than auto or a negative share exits 2."""
+    from search_spaces import load_search_space
+
+    mopie, ppo = load_search_space("mopie"), load_search_space("ppo-shogi")
+    assert tune.parse_args(["--algorithm", "mopie"]).gpus_per_worker == "auto"
+    assert tune.resolve_gpu_share("auto", 0.0, mopie) == 0.0
+    assert tune.resolve_gpu_share("auto", 2.0, mopie) == 0.25
+    assert tune.resolve_gpu_share("auto", 1.0, ppo) == 1.0
+    assert tune.resolve_gpu_share(0.5, 2.0, mopie) == 0.5  # an explicit share wins
+    from distributed.tune import plan_trials
+
+    packed = plan_trials(1, tune.resolve_gpu_share("auto", 1.0, mopie), cpus=16, gpus=1, max_concurrent=None)
+    assert packed.concurrency == 4 and packed.trial_resources == {"CPU": 1.0, "GPU": 0.25}
+    code, err = run_main(tune, ["--algorithm", "mopie", "--gpus-per-worker", "some"], capsys)
+    assert code == 2 and "expected a number or auto" in err
+    code, err = run_main(tune, ["--algorithm", "mopie", "--gpus-per-worker", "-1"], capsys)
+    assert code == 2 and "--gpus-per-worker must be >= 0" in err
