@@ -26,7 +26,8 @@ from trainers.selfplay.game import (FEATURE_PLANES, N_LABELS, NO_LEGAL_MOVE, PER
                                     unpack_bits, unpack_masks, unpack_masks_tensor)
 import trainers.selfplay.network as network_module  # noqa: E402
 import trainers.selfplay.ppo as ppo_module  # noqa: E402
-from trainers.selfplay.network import ActorCritic, make_policy_fn, uses_amp  # noqa: E402
+from trainers.precision import uses_amp  # noqa: E402
+from trainers.selfplay.network import ActorCritic, make_policy_fn  # noqa: E402
 from trainers.selfplay.ppo import clipped_surrogate, masked_entropy, ppo_update  # noqa: E402
 from trainers.selfplay.runner import (ExperienceBatch, GameSlot, gae, new_slots, play_batch,  # noqa: E402
                                       play_match, sample_legal)

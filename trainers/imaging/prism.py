@@ -31,7 +31,6 @@ latent: the network's structure is the image prior (deep image prior / deep deco
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from trainers.imaging import sampling
 from trainers.imaging.metrics import image_metrics
 from trainers.imaging.mopie import MopieEngine, simulate_experiment, to_frames
 from trainers.imaging.prism_config import PrismConfig
+from trainers.precision import autocast, uses_amp
 
 # spec defaults of create_scheduler, overridable through schedule_kwargs
 SCHEDULE_DEFAULTS = {
@@ -176,7 +176,7 @@ class PrismTrainer(Trainer):
                                         config.output_activation).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = None  # the inner, per-sample schedule is built in _fit
-        self.use_amp = config.mixed_precision and self.device.type == "cuda"
+        self.use_amp = uses_amp(config.mixed_precision, self.device)
         if self.device.type == "cuda":  # fixed shapes: let cuDNN time its algorithms once (4.9 -> 4.6 ms/step)
             torch.backends.cudnn.benchmark = True
         # the compiled decoder shares the parameters; states are saved from the plain one
@@ -211,13 +211,8 @@ class PrismTrainer(Trainer):
         return shape * (first.sum() / shape.square().sum().clamp_min(1e-30)).sqrt()
 
     # ----- the measurement model
-    def _autocast(self):
-        if self.use_amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def amplitude(self) -> torch.Tensor:
-        with self._autocast():
+        with autocast(self.use_amp):
             return self.decoder().float()  # FFTs and losses stay in float32
 
     def predict_frames(self, amplitude: torch.Tensor, index: torch.Tensor, discs: torch.Tensor) -> torch.Tensor:

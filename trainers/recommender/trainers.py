@@ -11,7 +11,6 @@ bf16 autocast on CUDA, their outputs cast to float32 before the BPR loss and the
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 
 from trainers.base import Trainer, make_scheduler
 from trainers.context import LocalContext
+from trainers.precision import autocast, uses_amp
 from trainers.recommender.config import GatAdvancedConfig, GatSimpleConfig
 from trainers.recommender.data import (build_graph, build_interactions, ensure_synthetic_dataset, load_events,
                                        sample_negatives, training_keys)
@@ -56,7 +56,7 @@ class GatTrainer(Trainer):
             tuple(config.id_embeddings),
         ).to(self.device)
         self.model = self.context.prepare_model(self.network)
-        self.use_amp = config.mixed_precision and self.device.type == "cuda"
+        self.use_amp = uses_amp(config.mixed_precision, self.device)
         # the training forward; `model` and `network` keep the plain state-dict keys (no `_orig_mod.`)
         self.train_model = torch.compile(self.model) if config.compile else self.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -78,12 +78,6 @@ class GatTrainer(Trainer):
         return bool(self.on_epoch_end(iteration, metrics))
 
     # ----- training ---------------------------------------------------------------------------
-    def autocast(self):
-        """bf16 autocast of a network forward with `mixed_precision` on CUDA, else nothing."""
-        if self.use_amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def epoch_generator(self, rank: int | None = None) -> torch.Generator:
         """Seeded by (seed, epoch, rank): reproducible across resumes. Negatives use this rank's
         stream; the edge order uses rank 0's on every rank, so that the shards are disjoint."""
@@ -143,7 +137,7 @@ class GatTrainer(Trainer):
         batches = self.edge_batches()
         for edges in batches:
             self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast():
+            with autocast(self.use_amp):
                 embeddings = self.train_model(*self.message_graph(edges))
             embeddings = {kind: value.float() for kind, value in embeddings.items()}  # BPR in float32
             ranking, penalty = self.bpr_loss(embeddings, edges, generator)
@@ -156,7 +150,7 @@ class GatTrainer(Trainer):
     @torch.no_grad()
     def embeddings(self) -> dict[str, torch.Tensor]:
         self.network.eval()
-        with self.autocast():
+        with autocast(self.use_amp):
             embeddings = self.network(self.edge_index, self.edge_attr)
         return {kind: value.float().cpu() for kind, value in embeddings.items()}
 

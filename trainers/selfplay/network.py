@@ -18,7 +18,6 @@ Mixed precision (`mixed_precision`, CUDA only): the forward runs under bf16 auto
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers.precision import autocast, uses_amp
 from trainers.selfplay.game import FEATURE_PLANES, MOVE_KINDS
 
 SE_REDUCTION = 4          # squeeze-and-excitation bottleneck: channels // 4
@@ -78,16 +78,6 @@ class ActorCritic(nn.Module):
         logits = self.policy(x).flatten(1)
         hidden = F.relu(self.value_hidden(F.relu(self.value_conv(x)).flatten(1)))
         return logits, torch.tanh(self.value_out(hidden)).squeeze(1)
-
-
-def uses_amp(mixed_precision: bool, device: torch.device | str) -> bool:
-    """bf16 autocast is used on CUDA only; on CPU `mixed_precision` is ignored."""
-    return bool(mixed_precision) and torch.device(device).type == "cuda"
-
-
-def autocast(enabled: bool):
-    """The context of a network forward: bf16 autocast on CUDA when `enabled`, else nothing."""
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 def masked_logits(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

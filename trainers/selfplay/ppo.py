@@ -22,7 +22,8 @@ from torch import nn
 
 from trainers.selfplay.config import PpoShogiConfig
 from trainers.selfplay.game import unpack_features_tensor, unpack_masks_tensor
-from trainers.selfplay.network import autocast, masked_logits, uses_amp
+from trainers.precision import autocast, uses_amp
+from trainers.selfplay.network import masked_logits
 from trainers.selfplay.runner import ExperienceBatch
 
 
