@@ -73,9 +73,12 @@ def test_tune_over_train_two_workers_per_trial(ray_session, small_sets, tmp_path
 MOPIE_SMALL = ["obj_size=64", "image_size=128", "n_samples=61", "sample_diameter=21", "patience=0"]
 
 
-def test_run_mopie_one_worker_writes_its_outputs(ray_session, tmp_path):
-    code = run.main(["--algorithm", "mopie", "--storage", str(tmp_path), "--name", "mopie",
-                     *[f"--set={s}" for s in MOPIE_SMALL], "--set", "max_iterations=6"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_mopie_writes_its_outputs(ray_session, tmp_path, workers):
+    """1 worker, and 2 workers splitting the apertures (gloo all-reduce through Ray Train; batches
+    of 20 over 61 samples, so one rank's share of the last batch is empty)."""
+    code = run.main(["--algorithm", "mopie", "--storage", str(tmp_path), "--name", "mopie", "--workers", str(workers),
+                     *[f"--set={s}" for s in MOPIE_SMALL], "--set", "max_iterations=6", "--set", "batch_size=20"])
     assert code == 0
     run_dir = tmp_path / "mopie"
     payload = latest_checkpoint_state(run_dir)
