@@ -50,10 +50,11 @@ def train(case: str, rank: int = 0, world_size: int = 1) -> dict:
 
 def _rank_main(rank: int, world_size: int, port: int, case: str, folder: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
-    try:
-        torch.save(train(case, rank, world_size), os.path.join(folder, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    torch.save(train(case, rank, world_size), os.path.join(folder, f"rank{rank}.pt"))
+    # both ranks leave together: a gloo group torn down while its peer is already gone can abort
+    # the process ("terminate called without an active exception", seen once under load)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _free_port() -> int:
