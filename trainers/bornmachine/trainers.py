@@ -168,42 +168,34 @@ class BornTrainer(Trainer):
 
     def final_metrics(self) -> dict[str, float]:
         """Everything on the test split, on the restored best weights."""
-        metrics = self.split_metrics("test", ("fid",))
+        metrics = self.split_metrics("test")
         x, y = self.split_tensors["test"]
         self.machine.eval()
         metrics.update(born_metrics.robustness_metrics(self.attack_log_probs, x, y, self.config.pgd_steps,
                                                        seed=self.config.seed))
-        metrics["fid_gaussian"] = self.gaussian_baseline_frechet()
-        metrics.update(self.feature_frechet())
+        metrics.update(self.test_frechet_distances())
         final = {f"test_{k}": v for k, v in metrics.items()}
         epochs = [row["epoch_seconds"] for row in self.history if "epoch_seconds" in row]
         if epochs:
             final["avg_epoch_seconds"] = float(np.mean(epochs))
         return final
 
-    def gaussian_baseline_samples(self) -> tuple[np.ndarray, np.ndarray]:
-        data = self.data
-        return born_metrics.gaussian_baseline_samples(data.train.raw, data.train.y, data.n_classes,
-                                                      self.config.fid_samples, self.config.seed)
-
-    def gaussian_baseline_frechet(self) -> float:
-        """Frechet distance to the test split of a per-class Gaussian fitted to the training split."""
-        fake, fake_labels = self.gaussian_baseline_samples()
-        return born_metrics.per_class_frechet(self.data.test.raw, self.data.test.y, fake, fake_labels,
-                                              self.data.n_classes)
-
-    def feature_frechet(self) -> dict[str, float]:
-        """fid_rff and fid_rff_gaussian: the Frechet distances to the test split of our samples (the
-        same draw as `frechet`) and of the per-class Gaussian's, on random Fourier features of the
-        training split (`FourierEmbedding`): FID-style, so the distance sees shape."""
-        data, classes = self.data, self.data.n_classes
+    def test_frechet_distances(self) -> dict[str, float]:
+        """Frechet distances to the test split of our samples (fid, the draw `frechet` makes) and of
+        a per-class Gaussian fitted to the training split (fid_gaussian), on raw coordinates and on
+        random Fourier features of the training split (fid_rff, fid_rff_gaussian: FID-style, so
+        the distance sees shape, see `FourierEmbedding`). Each sample set is drawn once."""
+        data, classes, test = self.data, self.data.n_classes, self.data.test
+        draws = {"": self.generate(self.config.fid_samples, self.config.seed),
+                 "_gaussian": born_metrics.gaussian_baseline_samples(data.train.raw, data.train.y, classes,
+                                                                     self.config.fid_samples, self.config.seed)}
         embed = born_metrics.FourierEmbedding.fit(data.train.raw, seed=self.config.seed)
-        fake, fake_labels = self.generate(self.config.fid_samples, self.config.seed)
-        gaussian, gaussian_labels = self.gaussian_baseline_samples()
-        return {"fid_rff": born_metrics.per_class_frechet_features(embed, data.test.raw, data.test.y, fake,
-                                                                   fake_labels, classes),
-                "fid_rff_gaussian": born_metrics.per_class_frechet_features(embed, data.test.raw, data.test.y,
-                                                                            gaussian, gaussian_labels, classes)}
+        distances = {}
+        for suffix, (fake, fake_labels) in draws.items():
+            distances[f"fid{suffix}"] = born_metrics.per_class_frechet(test.raw, test.y, fake, fake_labels, classes)
+            distances[f"fid_rff{suffix}"] = born_metrics.per_class_frechet_features(embed, test.raw, test.y, fake,
+                                                                                    fake_labels, classes)
+        return distances
 
     # ----- figures
     def save_figures(self) -> None:
