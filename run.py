@@ -91,6 +91,17 @@ def print_summary(result, run_dir: Path, seconds: float, metric: str) -> None:
     Console(width=140).print(table)
 
 
+def write_summary(result, run_dir: Path, seconds: float, plan, metric: str) -> None:
+    """<run>/summary.json: the final metrics and what the run had, for scripts (atomic)."""
+    from trainers.checkpoint import write_json_atomic
+
+    metrics = {key: value for key, value in (result.metrics or {}).items() if isinstance(value, (int, float))}
+    write_json_atomic({"metric": metric, "metrics": metrics, "wall_seconds": seconds, "workers": plan.workers,
+                       "cpus_per_worker": plan.cpus_per_worker, "gpus_per_worker": plan.gpus_per_worker,
+                       "checkpoint": result.checkpoint.path if result.checkpoint else None},
+                      run_dir / "summary.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from distributed.resources import ResourceError, check_local_gpus, cluster_totals
@@ -134,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         result = trainer.fit()
     except TrainingFailedError as error:
         return fail(f"training failed: {str(error).strip().splitlines()[0]}", EXIT_FAILED)
-    print_summary(result, storage / run_name, time.perf_counter() - started, config.metric)
+    seconds = time.perf_counter() - started
+    print_summary(result, storage / run_name, seconds, config.metric)
+    write_summary(result, storage / run_name, seconds, plan, config.metric)
     return EXIT_OK
 
 

@@ -56,6 +56,7 @@ CASES: dict[str, tuple[str, dict, str | None]] = {
     # full-grid frames: 1024^2 FFTs per aperture, the work the FFT floor counts
     "mopie-1024-fullgrid": ("mopie", dict(MOPIE_1024, frame_size=1024), "epoch_seconds"),
     "prism-512": ("prism", PRISM_512, "step_seconds"),
+    "prism-512-eager": ("prism", dict(PRISM_512, cuda_graphs=False), "step_seconds"),  # no CUDA graph
     "prism-512-bf16": ("prism", dict(PRISM_512, mixed_precision=True), "step_seconds"),
     "prism-512-compile": ("prism", dict(PRISM_512, compile=True), "step_seconds"),
     "born-classify-digits": ("born-classify", BORN_DIGITS, "epoch_seconds"),
@@ -72,7 +73,7 @@ CASES: dict[str, tuple[str, dict, str | None]] = {
 RAY_CASES = ("mopie-1024", "mopie-1024-fullgrid", "prism-512", "born-classify-big", "born-classify-digits",
              "ppo-learner", "gat-advanced")
 # which cases the CPU run skips (minutes each on one core, and no CPU claim rests on them)
-GPU_ONLY = ("mopie-1024-fullgrid", "prism-512-compile", "gat-advanced-compile", "ppo-learner-compile",
+GPU_ONLY = ("mopie-1024-fullgrid", "prism-512-eager", "prism-512-compile", "gat-advanced-compile", "ppo-learner-compile",
             "ppo-learner-bf16", "gat-advanced-bf16", "prism-512-bf16", "born-classify-big", "ppo-learner")
 
 
@@ -323,16 +324,18 @@ def main() -> int:
     parser.add_argument("--ray-on-cpu", action="store_true", help="the Ray rows on 1 and 2 CPU workers (a check "
                                                                    "of this script where there is no GPU)")
     parser.add_argument("--only", nargs="*", help="case names (default: all)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads on a CPU (1: what one TorchTrainer worker on 1 CPU gets)")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/gpu-<device>.json)")
     args = parser.parse_args()
     import torch
 
     if args.device == "cpu":
-        torch.set_num_threads(1)  # what one TorchTrainer worker on 1 CPU gets
+        torch.set_num_threads(args.threads)
     cases = args.only or [c for c in CASES if args.device != "cpu" or c not in GPU_ONLY]
     data_dir = tempfile.mkdtemp(prefix="trainyard-gpu-data-")
     prepare_data(data_dir)
-    report = {"device": _describe(args.device), "in_process": [], "ray": [], "scaling": [], "fft_floor": []}
+    report = {"device": _describe(args.device, args.threads), "in_process": [], "ray": [], "scaling": [], "fft_floor": []}
     out = Path(args.out) if args.out else RESULTS / f"gpu-{args.device.split(':')[0]}.json"
 
     def save() -> None:
@@ -385,12 +388,12 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _describe(device: str) -> str:
+def _describe(device: str, threads: int) -> str:
     import torch
 
     if device.startswith("cuda"):
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
-    return f"CPU ({os.cpu_count()} cores, 1 thread)"
+    return f"CPU ({os.cpu_count()} cores, {threads} thread{'s' if threads > 1 else ''})"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 and its resume, tune.py with ASHA, Tune over Train with 2 workers per trial."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -85,6 +87,8 @@ def test_run_mopie_writes_its_outputs(ray_session, tmp_path, workers):
     assert payload["algorithm"] == "mopie" and payload["iteration"] == 6
     best = payload["trainer"]["best_metrics"]
     assert best["ssim"] > 0.9 and best["ssim"] > best["ceiling_ssim"] - 0.01
+    summary = json.loads((run_dir / "summary.json").read_text())  # what scripts read
+    assert summary["workers"] == workers and summary["metrics"]["final_ssim"] > 0.9
     for figure in ("reconstruction", "coverage", "learning_curves"):
         assert (run_dir / "figures" / f"{figure}.png").stat().st_size > 1000
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

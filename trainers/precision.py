@@ -13,6 +13,9 @@ def uses_amp(mixed_precision: bool, device: torch.device | str) -> bool:
     return bool(mixed_precision) and torch.device(device).type == "cuda"
 
 
-def autocast(enabled: bool):
-    """The context of a network forward: bf16 autocast on CUDA when `enabled`, else nothing."""
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+def autocast(enabled: bool, cache: bool = True):
+    """The context of a network forward: bf16 autocast on CUDA when `enabled`, else nothing.
+    `cache=False` while a CUDA graph is captured (the cast weights must not outlive the capture)."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=cache)

@@ -16,6 +16,9 @@ latent: the network's structure is the image prior (deep image prior / deep deco
   apertures; the losses are sums over frames (`FrameLoss`), so one all-reduce of the partial
   sum gives every rank the loss of all apertures (its checks agree), and the decoder's
   gradients are summed by one all-reduce per step. The decoder itself runs on every rank.
+- On one GPU (`cuda_graphs`, the default), each fit's forward + loss + backward is captured once
+  as a CUDA graph and replayed (trainers/graphs.py): the step is launch-bound, and replaying
+  it is one launch; the optimiser step stays eager, so the trajectory is the eager loop's.
 - Convergence monitor, every `check_every` steps (the only host syncs of the inner loop):
   early exit after `converge_checks` checks under `loss_threshold`; plateau detection
   (relative gain < `plateau_tol` over `plateau_checks` checks); ONE escalation per sample
@@ -46,6 +49,7 @@ from trainers.imaging import metrics as im
 from trainers.imaging import sampling
 from trainers.imaging.metrics import image_metrics
 from trainers.imaging.mopie import MopieEngine, simulate_experiment, to_frames
+from trainers.graphs import CapturedStep
 from trainers.imaging.prism_config import PrismConfig
 from trainers.precision import autocast, uses_amp
 
@@ -182,6 +186,9 @@ class PrismTrainer(Trainer):
         # the compiled decoder shares the parameters; states are saved from the plain one
         # (CUDA graphs: the step is launch-bound; the default mode measured 10 ms per step, not 4.3)
         self.decoder = torch.compile(self.model, mode="reduce-overhead") if config.compile else self.model
+        # our own graph of the whole step: one process (no collectives in a graph), not with compile's
+        self.graphed = (config.cuda_graphs and self.device.type == "cuda" and self.context.world_size == 1
+                        and not config.compile)
         # progress, all of it in extra_state
         self.initialised = False
         self.sample_index = 0                       # next sample to add
@@ -212,13 +219,18 @@ class PrismTrainer(Trainer):
 
     # ----- the measurement model
     def amplitude(self) -> torch.Tensor:
-        with autocast(self.use_amp):
+        with autocast(self.use_amp, cache=not self.graphed):
             return self.decoder().float()  # FFTs and losses stay in float32
 
     def predict_frames(self, amplitude: torch.Tensor, index: torch.Tensor, discs: torch.Tensor) -> torch.Tensor:
         """Model intensities (B, M, M) of the apertures whose windows/discs are given, in one batch."""
         spectrum = fw.to_spectrum(amplitude)
-        patch = spectrum.reshape(-1)[index] * discs                      # (B, k, M, M)
+        # a gather of (re, im) pairs, not spectrum.reshape(-1)[index]: its backward is a plain
+        # scatter-add, which a CUDA graph can capture (indexing's backward, index_put_ with
+        # accumulate, sorts and cannot be captured)
+        pairs = torch.view_as_real(spectrum).reshape(-1, 2)
+        picked = pairs.gather(0, index.reshape(-1, 1).expand(-1, 2)).reshape(*index.shape, 2)
+        patch = torch.view_as_complex(picked) * discs                   # (B, k, M, M)
         field = torch.fft.ifft2(patch, norm="ortho")
         return torch.view_as_real(field).square().sum(-1).mean(dim=1)   # incoherent mean over k
 
@@ -236,16 +248,32 @@ class PrismTrainer(Trainer):
         kwargs.update(config.schedule_kwargs)
         return make_scheduler(self.optimizer, name, config.steps_per_sample, **kwargs)
 
+    def _step_taker(self, compute_loss: Callable[[], torch.Tensor],
+                    split: bool = True) -> Callable[[], torch.Tensor]:
+        """One optimiser step on compute_loss() per call, returning the loss: replayed as a CUDA
+        graph when `self.graphed`, else eager. `split`: each rank's loss holds its share of the
+        apertures, so the gradients are summed over the ranks (the initial fit is not split)."""
+        if self.graphed:
+            return CapturedStep(compute_loss, self.optimizer)
+
+        def eager_step() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = compute_loss()
+            loss.backward()
+            if split:
+                collective.sum_gradients(self.model.parameters(), self.context.world_size)
+            self.optimizer.step()
+            return loss
+        return eager_step
+
     def _initialise(self) -> None:
         """Fit the amplitude to the init target (relative L1) until init_threshold or init_steps."""
         config = self.config
         self._set_lr(config.lr)
         loss_value = float("nan")
+        take_step = self._step_taker(lambda: relative_l1(self.amplitude(), self.init_target), split=False)
         for step in range(1, config.init_steps + 1):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = relative_l1(self.amplitude(), self.init_target)
-            loss.backward()
-            self.optimizer.step()
+            loss = take_step()
             if step % config.check_every == 0 or step == config.init_steps:
                 loss_value = float(loss.detach())
                 if loss_value < config.init_threshold:
@@ -263,6 +291,17 @@ class PrismTrainer(Trainer):
         index = self.engine.window_index(ids.to(self.device))
         discs = self.engine.discs[ids].to(torch.complex64)
         target = self.engine.frames[ids]
+
+        def compute_loss() -> torch.Tensor:
+            amplitude = self.amplitude()
+            if len(ids):
+                partial = loss_fn.partial(self.predict_frames(amplitude, index, discs), target)
+            else:  # fewer apertures than ranks so far: this rank adds nothing (FFTs of none fail)
+                partial = 0 * amplitude.sum()
+            # every rank: the loss of all apertures, the gradient through its own (summed after)
+            return loss_fn.finish(collective.global_sum(partial, world), normaliser)
+
+        take_step = self._step_taker(compute_loss)
         self._set_lr(lr)
         schedule = self._make_schedule(config.schedule)
         plateau_schedule = isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau)
@@ -272,17 +311,7 @@ class PrismTrainer(Trainer):
         step = 0
         loss_value = float("inf")
         for step in range(1, budget + 1):
-            self.optimizer.zero_grad(set_to_none=True)
-            amplitude = self.amplitude()
-            if len(ids):
-                partial = loss_fn.partial(self.predict_frames(amplitude, index, discs), target)
-            else:  # fewer apertures than ranks so far: this rank adds nothing (FFTs of none fail)
-                partial = 0 * amplitude.sum()
-            # every rank: the loss of all apertures, the gradient through its own, then summed
-            loss = loss_fn.finish(collective.global_sum(partial, world), normaliser)
-            loss.backward()
-            collective.sum_gradients(self.model.parameters(), world)
-            self.optimizer.step()
+            loss = take_step()
             if schedule is not None and not plateau_schedule:
                 schedule.step()
             if step % config.check_every and step != budget:
