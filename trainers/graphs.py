@@ -33,6 +33,7 @@ class CapturedStep:
             raise ValueError(f"warmup_steps must be >= 1 (cuDNN/cuBLAS set up before capture), got {warmup_steps}")
         self.compute_loss, self.optimizer, self.warmup_steps = compute_loss, optimizer, warmup_steps
         self.calls = 0
+        self.side_stream: torch.cuda.Stream | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
 
@@ -47,15 +48,19 @@ class CapturedStep:
         return self.loss
 
     def _warmup_step(self) -> torch.Tensor:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        # one side stream for all the warm-up steps, and only detached losses handed out: a loss
+        # that kept its autograd graph alive would keep its AccumulateGrad nodes, with their
+        # stream, into the capture (PyTorch warns that this can break the capture)
+        if self.side_stream is None:
+            self.side_stream = torch.cuda.Stream()
+        self.side_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side_stream):
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.compute_loss()
             loss.backward()
             self.optimizer.step()
-        torch.cuda.current_stream().wait_stream(side)
-        return loss
+        torch.cuda.current_stream().wait_stream(self.side_stream)
+        return loss.detach()
 
     def _capture(self) -> None:
         # gradients None at capture: the captured backward allocates them in the graph's pool
@@ -63,5 +68,6 @@ class CapturedStep:
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: Ray Train runs this loop in a thread; other threads' CUDA calls are theirs
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.loss = self.compute_loss()
-            self.loss.backward()
+            loss = self.compute_loss()
+            loss.backward()
+        self.loss = loss.detach()  # the static output; the replays rewrite it

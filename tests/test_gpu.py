@@ -1,0 +1,60 @@
+"""GPU-only paths, checked on a GPU machine (`python -m pytest tests/test_gpu.py` there); CI has no
+GPU, so these skip there, and the CPU suite covers the same trainers' eager paths.
+
+- `CapturedStep` (trainers/graphs.py) must follow the eager loop's trajectory step for step,
+  learning-rate schedule included (the optimiser step stays eager, so a schedule must act).
+- prism with its CUDA graphs must reach what the eager loop reaches.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.graphs import CapturedStep
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
+
+
+def test_captured_step_follows_the_eager_trajectory():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1)).cuda()
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(64, 16, device="cuda"), torch.randn(64, 1, device="cuda")
+    graphed_opt, eager_opt = (torch.optim.Adam(m.parameters(), lr=1e-2) for m in (model, twin))
+    graphed_lr, eager_lr = (torch.optim.lr_scheduler.StepLR(o, 4, gamma=0.1) for o in (graphed_opt, eager_opt))
+    step = CapturedStep(lambda: F.mse_loss(model(x), y), graphed_opt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. the AccumulateGrad stream mismatch warning
+        for _ in range(12):
+            graphed_loss = step()
+            graphed_lr.step()
+            eager_opt.zero_grad(set_to_none=True)
+            eager_loss = F.mse_loss(twin(x), y)
+            eager_loss.backward()
+            eager_opt.step()
+            eager_lr.step()
+            assert float(graphed_loss) == pytest.approx(float(eager_loss), rel=1e-4, abs=1e-6)
+    assert step.graph is not None  # 3 warm-up steps, then 9 replays
+    for graphed, eager in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-5)
+    # the schedule acted: after 12 steps with step_size 4 the lr is 1e-5, and the graph saw it
+    assert graphed_opt.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
+def test_prism_graphs_reach_the_eager_result():
+    from cli_common import assemble_config
+    from trainers.context import LocalContext
+
+    results = {}
+    for graphs in (True, False):
+        spec, config = assemble_config("prism", None, ["max_iterations=4", "patience=0", f"cuda_graphs={graphs}"])
+        trainer = spec.trainer_class()(config, LocalContext("prism", None, device="cuda", resume=False))
+        assert trainer.graphed is graphs
+        results[graphs] = trainer.fit().history[-1]
+    assert results[True]["ssim"] > 0.5
+    assert results[True]["ssim"] == pytest.approx(results[False]["ssim"], abs=0.03)
