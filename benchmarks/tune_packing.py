@@ -34,10 +34,13 @@ def run_search(algorithm: str, trials: int, fraction: float, iterations: int) ->
     wall = time.perf_counter() - started
     output = done.stdout + done.stderr
     at_once = re.search(r"(\d+) at a time", output)
-    finished = re.search(r"(\d+) terminated", output, re.IGNORECASE)
+    # tune.py's closing line, "best trial by ... (N s, N terminated, N error)"; Ray's progress
+    # tables before it also say "N TERMINATED", of the trials done so far
+    finished = re.search(r"s, (\d+) terminated, (\d+) error\)", output)
     return {"gpus_per_trial": fraction, "trials": trials, "exit_code": done.returncode,
             "concurrent_trials": int(at_once.group(1)) if at_once else None,
             "terminated": int(finished.group(1)) if finished else None,
+            "errors": int(finished.group(2)) if finished else None,
             "wall_seconds": round(wall, 1), "trials_per_minute": round(trials / wall * 60, 2),
             **({"tail": output.strip().splitlines()[-3:]} if done.returncode else {})}
 
