@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         cpus, gpus = cluster_totals()
         gpus_per_worker = resolve_gpu_share(args.gpus_per_worker, gpus, space_module)
         plan = plan_trials(args.workers_per_trial, gpus_per_worker, cpus, gpus, args.max_concurrent,
-                           args.trial_mode)
+                           args.trial_mode, actor_cpus=self_play_actor_cpus(config, args.workers_per_trial))
         if args.scheduler == "pbt" and plan.mode != "inline":
             raise ResourceError("--scheduler pbt needs inline trials (one worker per trial)")
     except (ResourceError, ValueError) as error:
@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
                             search=make_search(args.search, config.metric, config.mode),
                             num_samples=args.num_samples, concurrency=plan.concurrency,
                             storage=storage, name=name, use_wandb=args.wandb,
-                            reuse_actors=plan.mode == "inline")
+                            # with W&B, a fresh process per trial: a trial that re-initialised W&B
+                            # in a reused process lost its W&B service connection once in 4 CI runs
+                            reuse_actors=plan.mode == "inline" and not args.wandb)
     grid = tuner.fit()
     seconds = time.perf_counter() - started
     # a resumed search keeps the trial count it started with, whatever --num-samples says now
@@ -277,6 +279,15 @@ def _reason(error: BaseException) -> str:
     cause = getattr(error, "cause", None) or error.__cause__ or error
     lines = [line for line in str(cause).strip().splitlines() if line.strip()]
     return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]
+
+
+def self_play_actor_cpus(config, workers: int) -> float:
+    """CPUs a trial's self-play actors hold beside it (ppo-shogi with collector=ray; else 0):
+    the actors, and one inference actor per learner with inference=server (as run.py plans)."""
+    if getattr(config, "collector", None) != "ray":
+        return 0.0
+    servers = workers if config.inference == "server" else 0
+    return (config.actors + servers) * config.actor_cpus
 
 
 def trial_status(result) -> str:

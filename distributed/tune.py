@@ -33,30 +33,38 @@ class TrialPlan:
 
 
 def plan_trials(workers_per_trial: int, gpus_per_worker: float, cpus: float, gpus: float,
-                max_concurrent: int | None, trial_mode: str = "auto") -> TrialPlan:
-    """Resources per trial and how many run at once, from what the cluster really has."""
+                max_concurrent: int | None, trial_mode: str = "auto", actor_cpus: float = 0.0) -> TrialPlan:
+    """Resources per trial and how many run at once, from what the cluster really has.
+
+    `actor_cpus`: CPUs that each trial's own Ray actors hold outside the trial's resources
+    (ppo-shogi's self-play actors, `collector=ray`): fewer trials run at once so that every
+    trial's actors find their CPUs, and a trial that cannot fit at all is refused here."""
     if trial_mode not in ("auto", "inline", "train"):
         raise ValueError(f"trial mode must be auto, inline or train, got {trial_mode!r}")
     if trial_mode == "inline" and workers_per_trial > 1:
         raise ResourceError("--trial-mode inline runs one worker per trial; use --trial-mode train for more")
     mode = "inline" if trial_mode == "inline" or (trial_mode == "auto" and workers_per_trial == 1) else "train"
+    if actor_cpus and cpus - actor_cpus < (1.0 if mode == "inline" else DRIVER_CPU + workers_per_trial) - 1e-9:
+        raise ResourceError(f"a trial's self-play actors hold {actor_cpus:g} CPUs (actors x actor_cpus) and its "
+                            f"learner needs {1.0 if mode == 'inline' else DRIVER_CPU + workers_per_trial:g} more; the "
+                            f"cluster has {cpus:g} CPUs: use fewer actors or a smaller actor_cpus")
     if mode == "inline":
         cpu = min(1.0, cpus)
         if gpus_per_worker > gpus + 1e-9:
             raise ResourceError(f"a trial needs {gpus_per_worker:g} GPU; the cluster has {gpus:g}")
-        fit = min(math.floor(cpus / cpu + 1e-9),
+        fit = min(math.floor(cpus / (cpu + actor_cpus) + 1e-9),
                   math.floor(gpus / gpus_per_worker + 1e-9) if gpus_per_worker else 10**6)
         resources = {"CPU": cpu, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
         return TrialPlan("inline", _concurrency(fit, max_concurrent), resources, None)
     # train trials: the driver's sliver plus the workers, never more than the cluster holds
-    per_trial_cpu = DRIVER_CPU + workers_per_trial
+    per_trial_cpu = DRIVER_CPU + workers_per_trial + actor_cpus
     fit = max(1, math.floor(cpus / per_trial_cpu + 1e-9))
     if gpus_per_worker:
         fit = min(fit, math.floor(gpus / (gpus_per_worker * workers_per_trial) + 1e-9))
         if fit < 1:
             raise ResourceError(f"a trial needs {workers_per_trial * gpus_per_worker:g} GPUs; the cluster has {gpus:g}")
     concurrency = _concurrency(fit, max_concurrent)
-    share = (cpus - concurrency * DRIVER_CPU) / concurrency
+    share = (cpus - concurrency * (DRIVER_CPU + actor_cpus)) / concurrency
     workers = plan_workers(workers_per_trial, gpus_per_worker, share, gpus / concurrency)
     return TrialPlan("train", concurrency, {"CPU": DRIVER_CPU}, workers)
 

@@ -100,3 +100,25 @@ def test_tune_gpu_share_auto_and_bad_values(capsys):
     assert code == 2 and "expected a number or auto" in err
     code, err = run_main(tune, ["--algorithm", "mopie", "--gpus-per-worker", "-1"], capsys)
     assert code == 2 and "--gpus-per-worker must be >= 0" in err
+
+
+def test_tune_plans_room_for_each_trials_self_play_actors():
+    """ppo-shogi trials with collector=ray start actors outside the trial's own resources: fewer
+    trials run at once so that every trial's actors fit, and a trial that cannot fit is refused
+    before Ray is asked (it used to wait for its actors until a timeout)."""
+    from cli_common import assemble_config
+    from distributed.resources import ResourceError
+    from distributed.tune import plan_trials
+
+    _, config = assemble_config("ppo-shogi", None, ["collector=ray", "actors=2", "actor_cpus=0.5"])
+    assert tune.self_play_actor_cpus(config, 1) == 1.0
+    _, served = assemble_config("ppo-shogi", None, ["collector=ray", "actors=2", "actor_cpus=0.5", "inference=server"])
+    assert tune.self_play_actor_cpus(served, 1) == 1.5  # one inference actor per learner
+    _, local = assemble_config("ppo-shogi", None, [])
+    assert tune.self_play_actor_cpus(local, 1) == 0.0
+    assert plan_trials(1, 0.0, cpus=2, gpus=0, max_concurrent=None, actor_cpus=1.0).concurrency == 1
+    assert plan_trials(1, 0.0, cpus=16, gpus=0, max_concurrent=None, actor_cpus=3.0).concurrency == 4  # 16 / (1 + 3)
+    train = plan_trials(2, 0.0, cpus=16, gpus=0, max_concurrent=None, trial_mode="train", actor_cpus=2.0)
+    assert train.concurrency == 3 and train.workers.workers == 2  # 16 / (0.01 + 2 + 2)
+    with pytest.raises(ResourceError, match="actors x actor_cpus"):
+        plan_trials(1, 0.0, cpus=2, gpus=0, max_concurrent=None, actor_cpus=2.0)

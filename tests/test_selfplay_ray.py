@@ -197,3 +197,19 @@ def test_bad_actor_counts_exit_2_at_once(ray_session, capsys):
     assert code == 2 and "--set actor_cpus=0.5" in err
     code, err = run_main(["--algorithm", "ppo-shogi", "--actors", "1", "--workers", "2"], capsys)
     assert code == 2 and "fewer than --workers 2" in err
+
+
+def test_a_search_whose_actors_cannot_fit_exits_2_at_once(ray_session, capsys, tmp_path):
+    """tune.py plans each trial's self-play actors too: 4 actors x 1 CPU beside a trial's learner
+    cannot fit 2 CPUs, which is said at once (the trials used to wait for their actors)."""
+    import tune
+
+    started = time.perf_counter()
+    try:
+        code = tune.main(["--algorithm", "ppo-shogi", "--num-samples", "1", "--storage", str(tmp_path),
+                          "--set", "collector=ray", "--set", "actors=4"])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and "self-play actors hold 4 CPUs" in err and "the cluster has 2 CPUs" in err
+    assert time.perf_counter() - started < 10
