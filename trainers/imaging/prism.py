@@ -44,12 +44,12 @@ from torch import nn
 
 from trainers import collective
 from trainers.base import Trainer, make_scheduler
+from trainers.graphs import CapturedStep
 from trainers.imaging import forward as fw
 from trainers.imaging import metrics as im
 from trainers.imaging import sampling
 from trainers.imaging.metrics import image_metrics
 from trainers.imaging.mopie import MopieEngine, simulate_experiment, to_frames
-from trainers.graphs import CapturedStep
 from trainers.imaging.prism_config import PrismConfig
 from trainers.precision import autocast, uses_amp
 
