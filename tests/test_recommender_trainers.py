@@ -156,7 +156,7 @@ def test_mixed_precision_autocasts_the_forward_and_keeps_float32_numbers(small, 
     values = {**small, **TINY_NETWORK, "max_iterations": 1, "mixed_precision": True}
     plain = create_trainer("advanced", {**values, "mixed_precision": False}).fit().history[-1]
     real_autocast = torch.autocast
-    monkeypatch.setattr(torch, "autocast", lambda device_type, dtype: real_autocast("cpu", dtype=dtype))
+    monkeypatch.setattr(torch, "autocast", lambda device_type, dtype, **options: real_autocast("cpu", dtype=dtype, **options))
     trainer = create_trainer("advanced", values)
     trainer.use_amp = True  # as on CUDA
     linear_outputs, loss_inputs = set(), set()

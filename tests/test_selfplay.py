@@ -515,7 +515,7 @@ def test_mixed_precision_autocasts_the_forwards_and_keeps_float32_numbers(monkey
     run in bf16, while what is computed from them (log-softmax, losses, metrics) is float32."""
     _, plain = one_iteration()
     real_autocast, real_log_softmax = torch.autocast, torch.log_softmax
-    monkeypatch.setattr(torch, "autocast", lambda device_type, dtype: real_autocast("cpu", dtype=dtype))
+    monkeypatch.setattr(torch, "autocast", lambda device_type, dtype, **options: real_autocast("cpu", dtype=dtype, **options))
     for module in (network_module, ppo_module):
         monkeypatch.setattr(module, "uses_amp", lambda mixed_precision, device: mixed_precision)
     softmax_inputs = set()
