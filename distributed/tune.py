@@ -44,10 +44,11 @@ def plan_trials(workers_per_trial: int, gpus_per_worker: float, cpus: float, gpu
     if trial_mode == "inline" and workers_per_trial > 1:
         raise ResourceError("--trial-mode inline runs one worker per trial; use --trial-mode train for more")
     mode = "inline" if trial_mode == "inline" or (trial_mode == "auto" and workers_per_trial == 1) else "train"
-    if actor_cpus and cpus - actor_cpus < (1.0 if mode == "inline" else DRIVER_CPU + workers_per_trial) - 1e-9:
+    learner_cpus = 1.0 if mode == "inline" else DRIVER_CPU + workers_per_trial
+    if actor_cpus and cpus - actor_cpus < learner_cpus - 1e-9:
         raise ResourceError(f"a trial's self-play actors hold {actor_cpus:g} CPUs (actors x actor_cpus) and its "
-                            f"learner needs {1.0 if mode == 'inline' else DRIVER_CPU + workers_per_trial:g} more; the "
-                            f"cluster has {cpus:g} CPUs: use fewer actors or a smaller actor_cpus")
+                            f"learner needs {learner_cpus:g} more; the cluster has {cpus:g} CPUs: use fewer "
+                            f"actors or a smaller actor_cpus")
     if mode == "inline":
         cpu = min(1.0, cpus)
         if gpus_per_worker > gpus + 1e-9:
