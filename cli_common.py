@@ -1,6 +1,7 @@
 """What run.py and tune.py share: config assembly, exit codes, Ray start-up."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -33,8 +34,12 @@ def assemble_config(algorithm: str, config_file: str | None, sets: list[str]) ->
     return spec, config
 
 
-def start_ray(address: str | None, num_cpus: int | None = None) -> None:
+def start_ray(address: str | None, verbose: bool = True) -> None:
     """Join a running cluster (--address / RAY_ADDRESS) or start Ray in this process.
+
+    verbose=False (the CLIs' default, a progress line instead): Ray's own start-up messages and
+    the workers' output stay in Ray's logs (/tmp/ray/session_latest/logs), not on the console; a
+    failure is still reported, with its reason.
 
     A local Ray binds its dashboard to 127.0.0.1 and keeps token authentication on
     (RAY_AUTH_MODE); the dashboard must stay on so that Ray Train's placement-group cleaner can
@@ -46,11 +51,12 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "120")
+    output = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **output)
     else:
         try:
-            ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=True, log_to_driver=True)
+            ray.init(dashboard_host="127.0.0.1", include_dashboard=True, **output)
         except Exception as error:  # noqa: BLE001 - Ray raises a bare Exception for this
             if "missing packages" not in str(error):
                 raise
@@ -59,13 +65,21 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> None:
             print("warning: Ray's dashboard packages are missing (pip install 'ray[default]'); "
                   "starting Ray without the dashboard", file=sys.stderr, flush=True)
             ray.shutdown()
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            ray.init(include_dashboard=False, **output)
+
+
+HELD_OUT_PREFIXES = ("test_", "final_")
+
+
+def summary_order(keys) -> list[str]:
+    """Final tables: the held-out metrics (test_*, final_*) first, then the rest, each sorted."""
+    return sorted(keys, key=lambda key: (not key.startswith(HELD_OUT_PREFIXES), key))
 
 
 def config_error_types() -> tuple[type[Exception], ...]:
-    from trainers.registry import UnknownAlgorithm
+    from trainers.registry import RegistryError, UnknownAlgorithm
 
-    return (ConfigError, UnknownAlgorithm)
+    return (ConfigError, UnknownAlgorithm, RegistryError)
 
 
 def resolve_storage(storage: str) -> Path:

@@ -1,8 +1,10 @@
 """One training run of one algorithm through Ray Train's TorchTrainer.
 
-    python run.py --algorithm gat-advanced [--config FILE.yaml] [--set key=value ...]
-        [--workers N] [--gpus-per-worker G] [--storage DIR] [--resume] [--address ADDR] [--wandb]
-    python run.py --algorithm ppo-shogi --actors N    (N self-play Ray actors spread over the nodes)
+    python run.py --algorithm ALGORITHM [--config FILE.yaml] [--set key=value ...]
+        [--workers N] [--gpus-per-worker G] [--storage DIR] [--resume] [--address ADDR] [--wandb] [--mlflow]
+        [--verbose]
+    python run.py --algorithm ALGORITHM --actors N    (an algorithm's own Ray actors, where it has them)
+    python run.py --algorithm package.module:Class     (a Trainer subclass or Algorithm, not packaged)
 
 Exit codes: 0 done, 1 training failed, 2 bad input (message names the field).
 On a cluster: ray submit cluster.yaml run.py -- --algorithm NAME
@@ -17,23 +19,24 @@ from datetime import datetime
 from pathlib import Path
 
 from cli_common import (EXIT_FAILED, EXIT_OK, assemble_config, config_error_types, fail,
-                        require_minimums, resolve_storage, start_ray)
+                        require_minimums, resolve_storage, start_ray, summary_order)
 from trainers.checkpoint import CheckpointError, load_checkpoint
-from trainers.registry import ALGORITHMS, get_algorithm
+from trainers.registry import algorithm_names, get_algorithm, run_name_prefix
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="algorithms: " + ", ".join(ALGORITHMS))
-    parser.add_argument("--algorithm", required=True, help="one of: " + ", ".join(ALGORITHMS))
+                                     epilog="algorithms: " + ", ".join(algorithm_names()))
+    parser.add_argument("--algorithm", required=True,
+                        help="a registered name (" + ", ".join(algorithm_names()) + ") or package.module:Class")
     parser.add_argument("--config", help="YAML file of config keys")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (repeatable); the value is read as YAML")
     parser.add_argument("--workers", type=int, default=1, help="TorchTrainer workers (DDP when > 1)")
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
-    parser.add_argument("--actors", type=int, help="ppo-shogi: self-play Ray actors, spread over the cluster's nodes "
-                                                   "(sets collector=ray and actors=N; CPUs each: actor_cpus)")
+    parser.add_argument("--actors", type=int, help="for an algorithm that starts Ray actors of its own: N of them, "
+                                                   "spread over the cluster's nodes")
     parser.add_argument("--storage", default=os.environ.get("TRAINYARD_STORAGE", "results"),
                         help="where runs, checkpoints and logs go (default: $TRAINYARD_STORAGE or ./results)")
     parser.add_argument("--name", help="run name (default: ALGORITHM_TIMESTAMP)")
@@ -45,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint")
     parser.add_argument("--keep-checkpoints", type=int, default=2, help="best K checkpoints kept (the latest always)")
     parser.add_argument("--wandb", action="store_true", help="log to W&B (offline unless WANDB_API_KEY is set)")
+    parser.add_argument("--mlflow", action="store_true",
+                        help="log to MLflow: $MLFLOW_TRACKING_URI, else ./mlruns; experiment $MLFLOW_EXPERIMENT_NAME "
+                             "or the algorithm's name")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray's own output and a line per iteration, instead of one progress line")
     args = parser.parse_args(argv)
     require_minimums(parser, [("--workers", args.workers, 1), ("--max-failures", args.max_failures, 0),
                               ("--keep-checkpoints", args.keep_checkpoints, 1),
@@ -52,20 +60,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def latest_run_name(storage: Path, algorithm: str) -> str | None:
-    runs = [p for p in storage.glob(f"{algorithm}_*") if (p / "checkpoint_manager_snapshot.json").exists()]
+def latest_run_name(storage: Path, prefix: str) -> str | None:
+    runs = [p for p in storage.glob(f"{prefix}_*") if (p / "checkpoint_manager_snapshot.json").exists()]
     return max(runs, key=lambda p: p.stat().st_mtime).name if runs else None
 
 
-def choose_run_name(args: argparse.Namespace, storage: Path) -> str:
+def choose_run_name(args: argparse.Namespace, storage: Path, spec) -> str:
     if args.name:
         return args.name
+    prefix = run_name_prefix(spec)
     if args.resume:
-        name = latest_run_name(storage, args.algorithm)
+        name = latest_run_name(storage, prefix)
         if name is None:
-            raise ValueError(f"--resume: no earlier run of {args.algorithm} with a checkpoint in {storage}")
+            raise ValueError(f"--resume: no earlier run of {spec.name} with a checkpoint in {storage}")
         return name
-    return f"{args.algorithm}_{datetime.now():%Y%m%d-%H%M%S}"
+    return f"{prefix}_{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def print_summary(result, run_dir: Path, seconds: float, metric: str) -> None:
@@ -76,7 +85,7 @@ def print_summary(result, run_dir: Path, seconds: float, metric: str) -> None:
     table = Table(title=f"{run_dir.name}: finished in {seconds:.1f} s", show_header=True)
     table.add_column("what")
     table.add_column("value", overflow="fold")
-    for key in sorted(metrics):
+    for key in summary_order(metrics):
         value = metrics[key]
         if isinstance(value, float):
             table.add_row(key + ("  <- metric" if key == metric else ""), f"{value:.5g}")
@@ -104,10 +113,12 @@ def write_summary(result, run_dir: Path, seconds: float, plan, metric: str) -> N
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from distributed.resources import ResourceError, check_local_gpus, cluster_totals
+    from distributed.resources import (ResourceError, check_local_gpus, cluster_totals, largest_node_cpus,
+                                       plan_with_parts, ray_parts_of)
 
     try:
         spec, config = assemble_config(args.algorithm, args.config, args.set + actor_sets(args))
+        spec.trainer_class()  # a trainer that cannot be imported is bad input, said before Ray starts
         if not (args.address or _ray_address_set()):
             check_local_gpus(args.gpus_per_worker)
         initial = None
@@ -115,64 +126,77 @@ def main(argv: list[str] | None = None) -> int:
             load_checkpoint(args.from_checkpoint, spec.name)  # checked here, at the edge
             initial = args.from_checkpoint
         storage = resolve_storage(args.storage)
-        run_name = choose_run_name(args, storage)
+        run_name = choose_run_name(args, storage, spec)
     except config_error_types() + (ResourceError, CheckpointError, ValueError) as error:
         return fail(str(error))
 
-    start_ray(args.address)
+    start_ray(args.address, args.verbose)
     try:  # what the run needs against what the cluster has, before asking Ray for it (no hang)
         cpus, gpus = cluster_totals()
-        plan = plan_learners(args, config, cpus, gpus)
+        parts = ray_parts_of(spec, config, args.workers, args.gpus_per_worker)
+        plan = plan_with_parts(args.workers, args.gpus_per_worker, cpus, gpus, parts, largest_node_cpus())
     except ResourceError as error:
         return fail(str(error))
 
+    from contextlib import nullcontext
+
     from ray.train import Checkpoint, TrainingFailedError
 
+    from distributed.progress import RunProgress
     from distributed.train import build_torch_trainer
 
+    mlflow = open_mlflow_run(args, spec, config, run_name)
+    progress = None if args.verbose else RunProgress(run_name, config.max_iterations, config.metric)
     trainer = build_torch_trainer(
-        spec.name, config, plan, storage, run_name, use_wandb=args.wandb,
+        spec, config, plan, storage, run_name, use_wandb=args.wandb,
         keep_checkpoints=args.keep_checkpoints, max_failures=args.max_failures,
         resume_from=Checkpoint.from_directory(str(_checkpoint_folder(initial))) if initial else None,
+        mlflow=mlflow, progress=progress.board if progress else None,
     )
-    actors = (f", {config.actors} self-play actor(s) x {config.actor_cpus:g} CPU"
-              if getattr(config, "collector", None) == "ray" else "")
+    actors = f", {parts.describe()}" if parts else ""
     print(f"run {run_name}: {spec.name}, {plan.workers} worker(s) x {plan.cpus_per_worker:g} CPU"
           f"{f' + {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''}{actors}, storage {storage}",
           flush=True)
     started = time.perf_counter()
     try:
-        result = trainer.fit()
+        with progress or nullcontext():
+            result = trainer.fit()
     except TrainingFailedError as error:
+        if mlflow:
+            from trainers import mlflow_tracking
+
+            mlflow_tracking.finish_run(mlflow, run_name, None, status="FAILED")
         return fail(f"training failed: {str(error).strip().splitlines()[0]}", EXIT_FAILED)
     seconds = time.perf_counter() - started
     print_summary(result, storage / run_name, seconds, config.metric)
     write_summary(result, storage / run_name, seconds, plan, config.metric)
+    if mlflow:
+        from trainers import mlflow_tracking
+
+        mlflow_tracking.finish_run(mlflow, run_name, result.checkpoint.path if result.checkpoint else None)
     return EXIT_OK
 
 
+def open_mlflow_run(args: argparse.Namespace, spec, config, run_name: str) -> dict[str, str] | None:
+    """--mlflow: this run's MLflow run (the same one again on --resume), its params the config."""
+    if not args.mlflow:
+        return None
+    from trainers import mlflow_tracking
+
+    settings = mlflow_tracking.tracking(os.environ.get("MLFLOW_EXPERIMENT_NAME") or run_name_prefix(spec))
+    return mlflow_tracking.open_run(settings, run_name, run_name, config.model_dump(), tags={"algorithm": spec.name})
+
+
 def actor_sets(args: argparse.Namespace) -> list[str]:
-    """`--actors N` is `--set collector=ray --set actors=N`, for algorithms that have actors."""
+    """`--actors N`: the config keys that the algorithm's Ray-parts hook says it means."""
     if args.actors is None:
         return []
     if args.actors < 1:
         raise ValueError(f"--actors must be >= 1, got {args.actors}")
-    if "actors" not in get_algorithm(args.algorithm).config_class.model_fields:
-        raise ValueError(f"--actors: {args.algorithm} has no self-play actors (ppo-shogi has)")
-    return ["collector=ray", f"actors={args.actors}"]
-
-
-def plan_learners(args: argparse.Namespace, config, cpus: float, gpus: float):
-    """Resources of the learners, beside the self-play actors when Ray actors collect."""
-    from distributed.resources import largest_node_cpus, plan_with_actors, plan_workers
-
-    if getattr(config, "collector", None) != "ray":
-        return plan_workers(args.workers, args.gpus_per_worker, cpus, gpus)
-    serve = config.inference == "server"
-    return plan_with_actors(args.workers, args.gpus_per_worker, cpus, gpus, actors=config.actors,
-                            actor_cpus=config.actor_cpus, servers=args.workers if serve else 0,
-                            server_gpus=config.inference_gpus if serve and args.gpus_per_worker > 0 else 0.0,
-                            largest_node=largest_node_cpus())
+    hook = get_algorithm(args.algorithm).ray_parts()
+    if hook is None or not hasattr(hook, "actor_settings"):
+        raise ValueError(f"--actors: {args.algorithm} starts no Ray actors of its own")
+    return hook.actor_settings(args.actors)
 
 
 def _ray_address_set() -> bool:

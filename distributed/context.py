@@ -79,7 +79,8 @@ def quiet_report_log() -> None:
 
 class RayTrainContext(LoggingMixin):
     def __init__(self, algorithm: str, config: dict[str, Any], run_dir: str, run_name: str,
-                 use_wandb: bool = False, max_iterations: int | None = None):
+                 use_wandb: bool = False, max_iterations: int | None = None, mlflow: dict[str, str] | None = None,
+                 progress: Any = None):
         train_context = ray.train.get_context()
         self.algorithm = algorithm
         self.rank = train_context.get_world_rank()
@@ -88,14 +89,20 @@ class RayTrainContext(LoggingMixin):
         quiet_report_log()
         # rank 0 alone writes TensorBoard, figures and W&B (V2 writes no TensorBoard itself)
         self.output_dir = Path(run_dir) if self.rank == 0 else None
+        # the driver's progress line (a ProgressBoard actor), or None: a progress line per
+        # iteration in the log (--verbose)
+        self.progress = progress if self.rank == 0 else None
         if self.rank == 0:
             # through logging: Train V2 sends a worker's stdout to the console twice
-            self.logger = RunLogger(run_dir, config, run_name, use_wandb=use_wandb,
-                                    echo=logging.getLogger("trainyard").info, max_iterations=max_iterations)
+            echo = False if progress is not None else logging.getLogger("trainyard").info
+            self.logger = RunLogger(run_dir, config, run_name, use_wandb=use_wandb, echo=echo,
+                                    max_iterations=max_iterations, mlflow=mlflow)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         if self.logger is not None:
             self.logger.log_metrics(metrics)
+        if self.progress is not None:
+            self.progress.update.remote(dict(metrics))  # not waited for
         if state is None or self.rank != 0:
             ray.train.report(metrics)  # every rank reports; only rank 0 carries the checkpoint
             return
@@ -123,7 +130,8 @@ class RayTuneContext(LoggingMixin):
     rank = 0
     world_size = 1
 
-    def __init__(self, algorithm: str, config: dict[str, Any], use_wandb: bool = False):
+    def __init__(self, algorithm: str, config: dict[str, Any], use_wandb: bool = False,
+                 mlflow: dict[str, str] | None = None):
         self.algorithm = algorithm
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         trial_dir = ray.tune.get_context().get_trial_dir()
@@ -131,7 +139,7 @@ class RayTuneContext(LoggingMixin):
         # Tune writes TensorBoard scalars for every trial itself; we add figures only
         if self.output_dir is not None:
             self.logger = RunLogger(self.output_dir, config, ray.tune.get_context().get_trial_name(),
-                                    use_wandb=use_wandb, echo=False)
+                                    use_wandb=use_wandb, echo=False, mlflow=mlflow)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         if state is None:

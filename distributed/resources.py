@@ -71,34 +71,69 @@ def largest_node_cpus() -> float:
 MIN_LEARNER_CPUS = 0.1
 
 
-def plan_with_actors(workers: int, gpus_per_worker: float, cpus: float, gpus: float, *, actors: int,
-                     actor_cpus: float, servers: int = 0, server_gpus: float = 0.0,
-                     largest_node: float | None = None) -> WorkerPlan:
-    """Learner workers beside `actors` self-play actors (and `servers` inference actors, one per
-    learner, each holding `actor_cpus` and `server_gpus`).
+@dataclass(frozen=True)
+class RayParts:
+    """Ray actors an algorithm starts itself beside its learner workers (outside their resources).
 
-    The actors get `actor_cpus` each: they play at the same time. The learners get what is left,
-    1 CPU each where it fits, else a fraction (at least 0.1): PPO here is synchronous, the learner
-    waits while the actors play and the actors wait while it updates, so a fractional learner
-    does not slow either down. On 2 CPUs, 2 actors x 0.5 CPU leave the learner a whole CPU.
+    An algorithm declares them through the `ray_parts` hook of its registry entry: an object with
+    `plan(config, workers, gpus_per_worker) -> RayParts | None` (None: none for this config; it
+    may raise ResourceError for a request that cannot work), optionally `prepare_worker(config)`,
+    called in every Ray worker before the trainer is built (to register a Ray-side source), and
+    optionally `actor_settings(n) -> list[str]`, the `--set` pairs that `run.py --actors N` means.
     """
-    if actors < workers:
-        raise ResourceError(f"--actors {actors} is fewer than --workers {workers}: each learner owns its own actors")
-    if largest_node is not None and actor_cpus > largest_node + 1e-9:
-        raise ResourceError(f"actor_cpus {actor_cpus:g}: no node has that many CPUs (the largest has {largest_node:g})")
-    held_gpus = servers * server_gpus
-    if held_gpus and held_gpus + workers * gpus_per_worker > gpus + 1e-9:
-        raise ResourceError(f"{workers} learner(s) x {gpus_per_worker:g} GPU plus {servers} inference actor(s) x "
-                            f"{server_gpus:g} GPU need {held_gpus + workers * gpus_per_worker:g} GPUs; the cluster "
-                            f"has {gpus:g} (share one GPU with fractions: --set inference_gpus=...)")
-    held = (actors + servers) * actor_cpus
-    if held + workers * MIN_LEARNER_CPUS > cpus + 1e-9:
+
+    actors: int                # actors started beside one learner group (one run, one trial)
+    cpus_per_actor: float
+    gpus: float = 0.0          # GPUs they hold in all
+    label: str = "actor"       # what one is, for messages ("data-collecting actor")
+    request: str = ""          # how the user asked for them, for messages ("--actors 2 x actor_cpus 1")
+    hint: str = ""             # how to make them fit, added to the error; {fits}: CPUs per actor that fit
+
+    @property
+    def cpus(self) -> float:
+        return self.actors * self.cpus_per_actor
+
+    def describe(self) -> str:
+        return self.request or f"{self.actors} {self.label}(s) x {self.cpus_per_actor:g} CPU" + (
+            f" + {self.gpus:g} GPU" if self.gpus else "")
+
+
+def plan_with_parts(workers: int, gpus_per_worker: float, cpus: float, gpus: float, parts: RayParts | None,
+                    largest_node: float | None = None) -> WorkerPlan:
+    """Learner workers beside an algorithm's own Ray actors.
+
+    The actors get their CPUs each (they work at the same time); the learners get what is left,
+    1 CPU each where it fits, else a fraction (at least 0.1): where the learner waits while the
+    actors work and the other way round (synchronous collection), a fractional learner slows
+    neither down. On 2 CPUs, 2 actors x 0.5 CPU leave the learner a whole CPU.
+    """
+    if parts is None:
+        return plan_workers(workers, gpus_per_worker, cpus, gpus)
+    if largest_node is not None and parts.cpus_per_actor > largest_node + 1e-9:
+        raise ResourceError(f"{parts.label}s of {parts.cpus_per_actor:g} CPU each: no node has that many CPUs "
+                            f"(the largest has {largest_node:g})")
+    if parts.gpus and parts.gpus + workers * gpus_per_worker > gpus + 1e-9:
+        raise ResourceError(f"{workers} learner(s) x {gpus_per_worker:g} GPU plus {parts.describe()} need "
+                            f"{parts.gpus + workers * gpus_per_worker:g} GPUs; the cluster has {gpus:g}"
+                            + (f" ({parts.hint.format(fits='?')})" if parts.hint else ""))
+    if parts.cpus + workers * MIN_LEARNER_CPUS > cpus + 1e-9:
         # the suggestion leaves each learner a whole CPU where the cluster has one for it
         spare = cpus - workers if cpus > workers else cpus - workers * MIN_LEARNER_CPUS
-        fits = spare / (actors + servers)
-        hint = f" or --set actor_cpus={int(fits * 100) / 100:g}" if fits >= 0.01 else ""
-        raise ResourceError(f"--actors {actors} x actor_cpus {actor_cpus:g}"
-                            f"{f' + {servers} inference actor(s)' if servers else ''} = {held:g} CPUs, plus "
-                            f"{workers} learner(s) x at least {MIN_LEARNER_CPUS:g} CPU, do not fit the cluster's "
-                            f"{cpus:g} CPUs: use fewer --actors{hint}")
-    return plan_workers(workers, gpus_per_worker, cpus, gpus - held_gpus, reserved_cpus=held)
+        fits = int(spare / parts.actors * 100) / 100
+        raise ResourceError(f"{parts.describe()} = {parts.cpus:g} CPUs, plus {workers} learner(s) x at least "
+                            f"{MIN_LEARNER_CPUS:g} CPU, do not fit the cluster's {cpus:g} CPUs"
+                            + (f": {parts.hint.format(fits=fits)}" if parts.hint else ""))
+    return plan_workers(workers, gpus_per_worker, cpus, gpus - parts.gpus, reserved_cpus=parts.cpus)
+
+
+def ray_parts_of(spec, config, workers: int, gpus_per_worker: float) -> RayParts | None:
+    """The algorithm's own Ray actors for this config (None: it has none), from its registry hook."""
+    hook = spec.ray_parts()
+    return None if hook is None else hook.plan(config, workers, gpus_per_worker)
+
+
+def prepare_ray_worker(spec, config) -> None:
+    """Inside a Ray worker, before the trainer is built: the hook's Ray-side setup (a source)."""
+    hook = spec.ray_parts()
+    if hook is not None and hasattr(hook, "prepare_worker"):
+        hook.prepare_worker(config)

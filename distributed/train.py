@@ -13,7 +13,7 @@ from distributed.worker import train_loop_per_worker
 from trainers.config import TrainerConfig
 from trainers.run_logger import SECRET_MARKERS
 
-FORWARDED_ENV_PREFIXES = ("TRAINYARD_", "WANDB_")
+FORWARDED_ENV_PREFIXES = ("TRAINYARD_", "WANDB_", "MLFLOW_")
 # Train V2's controller takes each worker's report when it polls them, every 2 s by default,
 # and a worker cannot report again before that: iterations shorter than 2 s were stretched to
 # 2 s. Polling every 0.25 s costs the controller little. Ray propagates this variable from the
@@ -30,20 +30,23 @@ def worker_env_vars() -> dict[str, str]:
             if k.startswith(FORWARDED_ENV_PREFIXES) and not any(m in k.lower() for m in SECRET_MARKERS)}
 
 
-def build_torch_trainer(algorithm: str, config: TrainerConfig, plan: WorkerPlan, storage: Path,
+def build_torch_trainer(spec, config: TrainerConfig, plan: WorkerPlan, storage: Path,
                         run_name: str, *, use_wandb: bool = False, keep_checkpoints: int = 2,
                         max_failures: int = 2, callbacks: list[Any] | None = None,
-                        resume_from: Any = None) -> TorchTrainer:
+                        resume_from: Any = None, mlflow: dict[str, str] | None = None,
+                        progress: Any = None) -> TorchTrainer:
     os.environ.setdefault(POLL_ENV, POLL_SECONDS)
     resources = {"CPU": plan.cpus_per_worker}
     if plan.gpus_per_worker > 0:
         resources["GPU"] = plan.gpus_per_worker
     loop_config = {
-        "algorithm": algorithm,
+        "algorithm": spec.reference,  # resolved again in the worker (the registry, or module:Class)
         "config": config.model_dump(),
         "run_dir": str(Path(storage) / run_name),
         "run_name": run_name,
         "use_wandb": use_wandb,
+        "mlflow": mlflow,  # the MLflow run rank 0 logs into (--mlflow), else None
+        "progress": progress,      # the driver's ProgressBoard actor (quiet console), else None
     }
     run_config = RunConfig(
         name=run_name,

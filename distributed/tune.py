@@ -19,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 
 from distributed.resources import ResourceError, WorkerPlan, plan_workers
 from distributed.worker import tune_trial
-from trainers.config import TrainerConfig
+from trainers.registry import AlgorithmSpec, get_algorithm
 
 DRIVER_CPU = 0.01  # a Tune-over-Train trial's own process does no heavy work
 
@@ -33,11 +33,12 @@ class TrialPlan:
 
 
 def plan_trials(workers_per_trial: int, gpus_per_worker: float, cpus: float, gpus: float,
-                max_concurrent: int | None, trial_mode: str = "auto", actor_cpus: float = 0.0) -> TrialPlan:
+                max_concurrent: int | None, trial_mode: str = "auto", actor_cpus: float = 0.0,
+                actor_label: str = "actor") -> TrialPlan:
     """Resources per trial and how many run at once, from what the cluster really has.
 
-    `actor_cpus`: CPUs that each trial's own Ray actors hold outside the trial's resources
-    (ppo-shogi's self-play actors, `collector=ray`): fewer trials run at once so that every
+    `actor_cpus`: CPUs that each trial's own Ray actors hold outside the trial's resources (an
+    algorithm's RayParts, `actor_label` naming them): fewer trials run at once so that every
     trial's actors find their CPUs, and a trial that cannot fit at all is refused here."""
     if trial_mode not in ("auto", "inline", "train"):
         raise ValueError(f"trial mode must be auto, inline or train, got {trial_mode!r}")
@@ -46,9 +47,9 @@ def plan_trials(workers_per_trial: int, gpus_per_worker: float, cpus: float, gpu
     mode = "inline" if trial_mode == "inline" or (trial_mode == "auto" and workers_per_trial == 1) else "train"
     learner_cpus = 1.0 if mode == "inline" else DRIVER_CPU + workers_per_trial
     if actor_cpus and cpus - actor_cpus < learner_cpus - 1e-9:
-        raise ResourceError(f"a trial's self-play actors hold {actor_cpus:g} CPUs (actors x actor_cpus) and its "
-                            f"learner needs {learner_cpus:g} more; the cluster has {cpus:g} CPUs: use fewer "
-                            f"actors or a smaller actor_cpus")
+        raise ResourceError(f"a trial's {actor_label}s hold {actor_cpus:g} CPUs and its learner needs "
+                            f"{learner_cpus:g} more; the cluster has {cpus:g} CPUs: use fewer {actor_label}s "
+                            f"or fewer CPUs for each")
     if mode == "inline":
         cpu = min(1.0, cpus)
         if gpus_per_worker > gpus + 1e-9:
@@ -98,46 +99,70 @@ def make_search(name: str, metric: str, mode: str):
 
 
 def train_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
-                config_class: type[TrainerConfig], workers: WorkerPlan, storage: str,
-                use_wandb: bool) -> None:
+                workers: WorkerPlan, storage: str, use_wandb: bool, mlflow: dict[str, str] | None) -> None:
     """A Tune trial that launches a TorchTrainer (Tune over Train, the Ray 2.60 way)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from distributed.train import build_torch_trainer
 
-    config = config_class(**{**base_config, **trial_config})
+    spec = get_algorithm(algorithm)
+    config = spec.config_class(**{**base_config, **trial_config})
     trial_id = tune.get_context().get_trial_id()
-    trainer = build_torch_trainer(algorithm, config, workers, Path(storage), f"train-trial_id={trial_id}",
-                                  use_wandb=use_wandb, callbacks=[TuneReportCallback()])
+    trainer = build_torch_trainer(spec, config, workers, Path(storage), f"train-trial_id={trial_id}",
+                                  use_wandb=use_wandb, callbacks=[TuneReportCallback()],
+                                  mlflow=trial_mlflow_run(mlflow, config.model_dump()))
     trainer.fit()
 
 
 def inline_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
-                 use_wandb: bool) -> None:
+                 use_wandb: bool, mlflow: dict[str, str] | None) -> None:
     tune_trial({"algorithm": algorithm, "base_config": base_config, "params": trial_config,
-                "use_wandb": use_wandb})
+                "use_wandb": use_wandb, "mlflow": trial_mlflow_run(mlflow, {**base_config, **trial_config})})
 
 
-def build_trainable(plan: TrialPlan, algorithm: str, base_config: dict[str, Any],
-                    config_class: type[TrainerConfig], storage: Path, use_wandb: bool):
+def trial_mlflow_run(settings: dict[str, str] | None, config: dict[str, Any]) -> dict[str, str] | None:
+    """With --mlflow: this trial's MLflow run (found again by its trial id after a restart)."""
+    if settings is None:
+        return None
+    from trainers import mlflow_tracking
+
+    context = tune.get_context()
+    return mlflow_tracking.open_run(settings, context.get_trial_id(), context.get_trial_name(), config,
+                                    tags={"trial_id": context.get_trial_id()})
+
+
+def build_trainable(plan: TrialPlan, spec: AlgorithmSpec, base_config: dict[str, Any], storage: Path,
+                    use_wandb: bool, mlflow: dict[str, str] | None = None):
+    """The trial function with its fixed arguments; `spec.reference` is what the trial resolves
+    the algorithm from again (a registered name, or package.module:Class)."""
     if plan.mode == "inline":
-        function = tune.with_parameters(inline_trial, algorithm=algorithm, base_config=base_config,
-                                        use_wandb=use_wandb)
+        function = tune.with_parameters(inline_trial, algorithm=spec.reference, base_config=base_config,
+                                        use_wandb=use_wandb, mlflow=mlflow)
     else:
-        function = tune.with_parameters(train_trial, algorithm=algorithm, base_config=base_config,
-                                        config_class=config_class, workers=plan.workers,
-                                        storage=str(storage / "train_runs"), use_wandb=use_wandb)
+        function = tune.with_parameters(train_trial, algorithm=spec.reference, base_config=base_config,
+                                        workers=plan.workers, storage=str(storage / "train_runs"),
+                                        use_wandb=use_wandb, mlflow=mlflow)
     return tune.with_resources(function, plan.trial_resources)
 
 
+def trial_namer(prefix: str):
+    """Trial names and folders that carry the algorithm: `mopie_00003_lr=0.3,...` is shortened by
+    Tune; ours are `PREFIX_NNNNN` (the trial's id ends in its sequence number)."""
+    def name(trial) -> str:
+        return f"{prefix}_{trial.trial_id}"
+
+    return name
+
+
 def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, scheduler, search,
-                num_samples: int, concurrency: int, storage: Path, name: str, use_wandb: bool,
-                reuse_actors: bool = False, max_failures: int = 1) -> tune.Tuner:
-    # W&B (use_wandb): every trial logs its own W&B run from inside the trial (RunLogger), in
-    # the group tune.py sets (WANDB_RUN_GROUP). Ray's WandbLoggerCallback is not used: it would
-    # log every trial a second time, and it hands WANDB_API_KEY to its actor through a
-    # runtime_env, which Ray writes in plain text to runtime_env_agent.log.
-    callbacks: list[Any] = []
+                num_samples: int, concurrency: int, storage: Path, name: str, trial_prefix: str = "trial",
+                reuse_actors: bool = False, max_failures: int = 1, callbacks: list[Any] | None = None,
+                verbose: bool = True) -> tune.Tuner:
+    # W&B: every trial logs its own W&B run from inside the trial (RunLogger), in the group
+    # tune.py sets (WANDB_RUN_GROUP). Ray's WandbLoggerCallback is not used: it would log every
+    # trial a second time, and it hands WANDB_API_KEY to its actor through a runtime_env, which
+    # Ray writes in plain text to runtime_env_agent.log.
+    namer = trial_namer(trial_prefix)
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -145,7 +170,18 @@ def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, sch
                                     num_samples=num_samples, max_concurrent_trials=concurrency,
                                     # inline trials: the next trial reuses the process (torch and
                                     # torch-geometric already imported) instead of starting one
-                                    reuse_actors=reuse_actors),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
+                                    reuse_actors=reuse_actors,
+                                    trial_name_creator=namer, trial_dirname_creator=namer),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks or [],
+                                  failure_config=tune.FailureConfig(max_failures=max_failures),
+                                  verbose=2 if verbose else 0),
     )
+
+
+def restore_or_build(experiment_dir: Path, resume: bool, trainable, space: dict[str, Any], build):
+    """The search to run: an interrupted one restored from its folder (`--resume`, finished trials
+    kept, unfinished and errored ones run again from their checkpoints), else `build()`."""
+    if resume and tune.Tuner.can_restore(str(experiment_dir)):
+        return tune.Tuner.restore(str(experiment_dir), trainable=trainable, param_space=space,
+                                  resume_unfinished=True, resume_errored=True)
+    return build()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from distributed.context import RayTrainContext, RayTuneContext
+from distributed.resources import prepare_ray_worker
 from trainers.registry import get_algorithm
 
 FAIL_ONCE_ENV = "TRAINYARD_FAIL_ONCE"
@@ -19,10 +20,11 @@ FAIL_ONCE_ENV = "TRAINYARD_FAIL_ONCE"
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     spec = get_algorithm(loop_config["algorithm"])
     config = spec.config_class(**loop_config["config"])
-    register_ray_sources(config)
+    prepare_ray_worker(spec, config)
     context = RayTrainContext(spec.name, config.model_dump(), loop_config["run_dir"], loop_config["run_name"],
                               use_wandb=loop_config.get("use_wandb", False),
-                              max_iterations=config.max_iterations)
+                              max_iterations=config.max_iterations, mlflow=loop_config.get("mlflow"),
+                              progress=loop_config.get("progress"))
     arm_failure_injection(context)
     try:
         spec.trainer_class()(config, context).fit()
@@ -36,19 +38,13 @@ def tune_trial(trial_config: dict[str, Any]) -> None:
     base.update(trial_config["params"])
     spec = get_algorithm(trial_config["algorithm"])
     config = spec.config_class(**base)
-    register_ray_sources(config)
-    context = RayTuneContext(spec.name, config.model_dump(), use_wandb=trial_config.get("use_wandb", False))
+    prepare_ray_worker(spec, config)
+    context = RayTuneContext(spec.name, config.model_dump(), use_wandb=trial_config.get("use_wandb", False),
+                             mlflow=trial_config.get("mlflow"))
     try:
         spec.trainer_class()(config, context).fit()
     finally:
         context.close()
-
-
-def register_ray_sources(config) -> None:
-    """A trainer asking for Ray self-play actors finds them registered in this process (the
-    learner builds its source here). Imported only then: it needs the optional shogi extra."""
-    if getattr(config, "collector", None) == "ray":
-        import distributed.selfplay  # noqa: F401  registers collector "ray"
 
 
 def arm_failure_injection(context) -> None:

@@ -22,7 +22,7 @@ def run_main(module, argv, capsys):
 def test_unknown_algorithm_lists_the_names(module, capsys):
     code, err = run_main(module, ["--algorithm", "gat-fancy"], capsys)
     assert code == 2
-    assert "unknown algorithm 'gat-fancy'" in err and "gat-simple, gat-advanced" in err
+    assert "unknown algorithm 'gat-fancy'" in err and "gat-advanced, gat-simple" in err  # the registered names
 
 
 @pytest.mark.parametrize("module", [run, tune])
@@ -103,22 +103,24 @@ def test_tune_gpu_share_auto_and_bad_values(capsys):
 
 
 def test_tune_plans_room_for_each_trials_self_play_actors():
-    """ppo-shogi trials with collector=ray start actors outside the trial's own resources: fewer
-    trials run at once so that every trial's actors fit, and a trial that cannot fit is refused
-    before Ray is asked (it used to wait for its actors until a timeout)."""
+    """ppo-shogi trials with collector=ray start actors outside the trial's own resources (its
+    registry entry's Ray-parts hook says how many): fewer trials run at once so that every
+    trial's actors fit, and a trial that cannot fit is refused before Ray is asked (it used to
+    wait for its actors until a timeout)."""
     from cli_common import assemble_config
-    from distributed.resources import ResourceError
+    from distributed.resources import ResourceError, ray_parts_of
     from distributed.tune import plan_trials
 
-    _, config = assemble_config("ppo-shogi", None, ["collector=ray", "actors=2", "actor_cpus=0.5"])
-    assert tune.self_play_actor_cpus(config, 1) == 1.0
+    spec, config = assemble_config("ppo-shogi", None, ["collector=ray", "actors=2", "actor_cpus=0.5"])
+    assert ray_parts_of(spec, config, 1, 0.0).cpus == 1.0
     _, served = assemble_config("ppo-shogi", None, ["collector=ray", "actors=2", "actor_cpus=0.5", "inference=server"])
-    assert tune.self_play_actor_cpus(served, 1) == 1.5  # one inference actor per learner
+    assert ray_parts_of(spec, served, 1, 0.0).cpus == 1.5  # one inference actor per learner
     _, local = assemble_config("ppo-shogi", None, [])
-    assert tune.self_play_actor_cpus(local, 1) == 0.0
+    assert ray_parts_of(spec, local, 1, 0.0) is None
+    assert ray_parts_of(assemble_config("mopie", None, [])[0], local, 1, 0.0) is None  # no hook at all
     assert plan_trials(1, 0.0, cpus=2, gpus=0, max_concurrent=None, actor_cpus=1.0).concurrency == 1
     assert plan_trials(1, 0.0, cpus=16, gpus=0, max_concurrent=None, actor_cpus=3.0).concurrency == 4  # 16 / (1 + 3)
     train = plan_trials(2, 0.0, cpus=16, gpus=0, max_concurrent=None, trial_mode="train", actor_cpus=2.0)
     assert train.concurrency == 3 and train.workers.workers == 2  # 16 / (0.01 + 2 + 2)
-    with pytest.raises(ResourceError, match="actors x actor_cpus"):
-        plan_trials(1, 0.0, cpus=2, gpus=0, max_concurrent=None, actor_cpus=2.0)
+    with pytest.raises(ResourceError, match="self-play actors hold 2 CPUs"):
+        plan_trials(1, 0.0, cpus=2, gpus=0, max_concurrent=None, actor_cpus=2.0, actor_label="self-play actor")

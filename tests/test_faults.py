@@ -420,10 +420,12 @@ def test_an_interrupted_search_is_counted_as_unfinished():
     the --resume line come from these counts)."""
     from types import SimpleNamespace as Result
 
+    from distributed.results import grid_combinations, trial_counts, trial_status
+
     grid = [Result(error=None, metrics={"done": True}), Result(error=RuntimeError("x"), metrics={}),
             Result(error=None, metrics={"done": False, "training_iteration": 3})]
-    assert [tune.trial_status(r) for r in grid] == ["TERMINATED", "ERROR", "UNFINISHED"]
+    assert [trial_status(r) for r in grid] == ["TERMINATED", "ERROR", "UNFINISHED"]
     # 6 trials asked for, 3 started: 3 never ran
-    assert tune.trial_counts(grid, expected=6) == {"TERMINATED": 1, "ERROR": 1, "UNFINISHED": 4}
-    assert tune.trial_counts(grid[:2], expected=2) == {"TERMINATED": 1, "ERROR": 1}
-    assert tune.grid_combinations({"lr": {"grid_search": [1, 2]}, "b": {"grid_search": [0, 1, 2]}, "c": 5}) == 6
+    assert trial_counts(grid, expected=6) == {"TERMINATED": 1, "ERROR": 1, "UNFINISHED": 4}
+    assert trial_counts(grid[:2], expected=2) == {"TERMINATED": 1, "ERROR": 1}
+    assert grid_combinations({"lr": {"grid_search": [1, 2]}, "b": {"grid_search": [0, 1, 2]}, "c": 5}) == 6

@@ -56,3 +56,32 @@ def test_trainers_import_no_ray():
     offenders = [str(p) for p in (ROOT / "trainers").rglob("*.py")
                  if re.search(r"^\s*(import ray|from ray)", p.read_text(), re.MULTILINE)]
     assert offenders == []
+
+
+GENERIC_LAYERS = ["run.py", "tune.py", "cli_common.py", "search_spaces/__init__.py", "trainers/base.py",
+                  "trainers/registry.py", "trainers/context.py", "trainers/config.py", "trainers/checkpoint.py",
+                  "trainers/run_logger.py", "trainers/mlflow_tracking.py",
+                  *[f"distributed/{p.name}" for p in (ROOT / "distributed").glob("*.py")
+                    if not p.name.startswith("selfplay")]]
+
+
+def test_the_generic_layers_name_no_algorithm():
+    """What one algorithm needs from Ray comes through its registry entry (ray_parts); the CLIs,
+    distributed/ (but for an algorithm's own Ray parts) and the Trainer base name none."""
+    from trainers.registry import algorithm_names
+
+    names = [re.escape(name) for name in algorithm_names()]
+    pattern = re.compile(r"\b(" + "|".join([*names, "collector", "self-play", "shogi", "mopie", "prism",
+                                            "born", "gat"]) + r")\b", re.IGNORECASE)
+    offenders = [f"{path}:{number}: {line.strip()}" for path in GENERIC_LAYERS
+                 for number, line in enumerate((ROOT / path).read_text().splitlines(), 1) if pattern.search(line)]
+    assert len(GENERIC_LAYERS) > 15 and offenders == []
+
+
+def test_ci_can_install_the_example_offline():
+    """The example test installs examples/custom_algorithm without build isolation: the test
+    extra must bring setuptools, and the example must declare its entry point."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^test = .*"setuptools', pyproject, re.MULTILINE)
+    example = (ROOT / "examples" / "custom_algorithm" / "pyproject.toml").read_text()
+    assert '[project.entry-points."trainyard.algorithms"]' in example

@@ -1,7 +1,9 @@
 """The one iteration loop every algorithm shares, and its small parts.
 
 An algorithm subclasses `Trainer` and fills in `setup`, `step` and `evaluate` (and, where it has
-held-out data, `final_metrics`). `Trainer.fit` owns the loop: hooks, step, evaluate, report,
+held-out data, `final_metrics`; where it holds something to close, `teardown`). During `setup`,
+`self.resuming` says whether the run continues from a checkpoint (loaded after `setup`). An
+algorithm whose step size is not a torch optimiser's calls `schedule_step_size()` in `setup`. `Trainer.fit` owns the loop: hooks, step, evaluate, report,
 learning-rate schedule, early stopping, best-state tracking and restore. No Ray here: the trainer
 talks to the outside world through a `Context` (LocalContext in-process, the Ray contexts in
 distributed/).
@@ -105,6 +107,19 @@ def make_scheduler(optimizer: torch.optim.Optimizer, name: str, max_iterations: 
     raise ValueError(f"unknown schedule {name!r}; choose none, step, plateau, cosine, cosine_warm_restarts")
 
 
+class StepSize(torch.optim.Optimizer):
+    """The step size of an algorithm that has no torch optimiser (a projection method's alpha):
+    torch's learning-rate schedules drive its `lr` as an optimiser's. It updates nothing; the
+    one placeholder tensor is there because torch's Optimizer refuses an empty parameter list."""
+
+    def __init__(self, lr: float):
+        super().__init__([torch.zeros(0)], {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        return None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -155,7 +170,11 @@ class Trainer(abc.ABC):
         seed_everything(config.seed)
         self.model: torch.nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.step_size: StepSize | None = None  # the no-optimiser mode (schedule_step_size)
         self.scheduler = None
+        # the checkpoint to continue from, read before setup so that setup knows (resuming)
+        self._resume_from = context.latest_state()
+        self.resuming = self._resume_from is not None
         started = time.perf_counter()
         self.setup()
         self.setup_seconds = time.perf_counter() - started
@@ -184,6 +203,20 @@ class Trainer(abc.ABC):
             figure = plot_learning_curves(self.history, self.config.metric)
             self.context.log_figure("learning_curves", figure, self.iteration)
 
+    def teardown(self) -> None:
+        """Release what setup acquired (actors, servers, files); runs after the loop, also when
+        it failed."""
+
+    def schedule_step_size(self, lr: float | None = None) -> StepSize:
+        """The no-optimiser mode: the config's schedule drives a step size that is not a torch
+        optimiser's (read it with `current_lr()`); checkpoints and PBT restarts carry it."""
+        config = self.config
+        self.step_size = StepSize(config.lr if lr is None else lr)
+        self.scheduler = make_scheduler(self.step_size, config.schedule, config.max_iterations,
+                                        **config.schedule_kwargs)
+        self.step_size.step()  # once: the schedules warn when they step before the optimiser
+        return self.step_size
+
     # hooks: return True from on_iteration_end to stop
     def on_iteration_start(self, iteration: int) -> None:
         pass
@@ -207,7 +240,7 @@ class Trainer(abc.ABC):
             "iteration": self.iteration,
             "finished": self.finished,
             "model": self.model_state(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "optimizer": self._lr_owner.state_dict() if self._lr_owner else {},
             "scheduler": self.scheduler.state_dict() if self.scheduler else {},
             "early_stopping": self.early_stopping.state_dict(),
             "best_state": self.best_state or {},
@@ -222,8 +255,8 @@ class Trainer(abc.ABC):
         self.iteration = int(state["iteration"])
         self.finished = bool(state.get("finished", False))
         self.load_model_state(state["model"])
-        if self.optimizer and state["optimizer"]:
-            self.optimizer.load_state_dict(state["optimizer"])
+        if self._lr_owner and state["optimizer"]:
+            self._lr_owner.load_state_dict(state["optimizer"])
             if state.get("config_lr", self.config.lr) != self.config.lr:
                 self._restart_lr(self.config.lr)  # PBT exploit: new config, old weights
         if self.scheduler and state["scheduler"]:
@@ -235,11 +268,16 @@ class Trainer(abc.ABC):
         set_rng_state(state["rng"])
         self.load_extra_state(state.get("extra", {}))
 
+    @property
+    def _lr_owner(self) -> torch.optim.Optimizer | None:
+        """What holds the learning rate: the optimiser, or the step size of the no-optimiser mode."""
+        return self.optimizer if self.optimizer is not None else self.step_size
+
     def _restart_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
+        for group in self._lr_owner.param_groups:
             group["lr"] = group["initial_lr"] = lr
         if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
-            self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
+            self.scheduler.base_lrs = [lr for _ in self._lr_owner.param_groups]
 
     def extra_state(self) -> dict[str, Any]:
         """Algorithm-specific counters to resume (sample index, masks...)."""
@@ -250,7 +288,7 @@ class Trainer(abc.ABC):
 
     def checkpoint_payload(self) -> dict[str, Any]:
         return {
-            "algorithm": self.algorithm,
+            "algorithm": self.algorithm or type(self).__name__,
             "config": self.config.model_dump(),
             "iteration": self.iteration,
             "trainer": self.state_dict(),
@@ -258,7 +296,8 @@ class Trainer(abc.ABC):
 
     # ----- the loop ---------------------------------------------------------------------------
     def current_lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else float("nan")
+        owner = self._lr_owner
+        return float(owner.param_groups[0]["lr"]) if owner is not None else float("nan")
 
     def _step_scheduler(self, metrics: dict[str, float]) -> None:
         if self.scheduler is None:
@@ -308,8 +347,14 @@ class Trainer(abc.ABC):
                                     f"{key} is {value}")
 
     def fit(self) -> TrainingResult:
+        try:
+            return self._fit()
+        finally:
+            self.teardown()
+
+    def _fit(self) -> TrainingResult:
         started = self._fit_started = time.perf_counter()
-        state = self.context.latest_state()
+        state, self._resume_from = self._resume_from, None
         if state is not None:
             self.load_state_dict(state)
         metrics: dict[str, float] = self.history[-1] if self.history else {}
@@ -317,7 +362,9 @@ class Trainer(abc.ABC):
         while not self.finished and self.iteration < self.config.max_iterations:
             metrics, stop = self.run_iteration()
             last = stop or self.iteration >= self.config.max_iterations
-            due = last or self.iteration % self.config.checkpoint_every == 0
+            # a checkpoint every checkpoint_every iterations and at each new best (the state a
+            # restart should not lose), the last one in _finish
+            due = self.iteration % self.config.checkpoint_every == 0 or self.early_stopping.best_iteration == self.iteration - 1
             if not last:
                 self.context.report(metrics, self.checkpoint_payload() if due else None)
             if stop:

@@ -71,14 +71,12 @@ class LocalContext(LoggingMixin):
     def latest_state(self) -> dict[str, Any] | None:
         if not self.resume:
             return None
-        errors = []
         for folder in reversed(self._checkpoints()):
             try:
                 return load_checkpoint(folder, self.algorithm)["trainer"]
             except WrongAlgorithmError:
                 raise  # another algorithm's checkpoint is a mistake, not damage
             except CheckpointError as error:
-                errors.append(str(error))
                 print(f"warning: {error}; trying the previous checkpoint", flush=True)
         return None
 

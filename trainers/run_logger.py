@@ -1,4 +1,4 @@
-"""Where a run's numbers and pictures go: stdout, TensorBoard, figures on disk, W&B (opt-in).
+"""Where a run's numbers and pictures go: stdout, TensorBoard, figures on disk, W&B and MLflow (opt-in).
 
 Used by the in-process LocalContext and, on rank 0 only, by the Ray worker context, so that a
 run looks the same wherever it ran. Ray Train V2 writes no TensorBoard events by itself.
@@ -28,7 +28,7 @@ def format_progress(metrics: dict[str, float], max_iterations: int | None = None
 class RunLogger:
     def __init__(self, run_dir: str | Path, config: dict[str, Any], run_name: str,
                  use_wandb: bool = False, echo: bool | Callable[[str], None] = True,
-                 max_iterations: int | None = None):
+                 max_iterations: int | None = None, mlflow: dict[str, str] | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
@@ -40,6 +40,12 @@ class RunLogger:
         self.echo = (lambda line: print(line, flush=True)) if echo is True else echo
         self.max_iterations = max_iterations
         self.wandb_run = start_wandb(run_name, public_config(config), self.run_dir) if use_wandb else None
+        # an MLflow run opened (with the config as params) by the process that owns the run
+        self.mlflow = None
+        if mlflow:
+            from trainers.mlflow_tracking import MlflowLogger
+
+            self.mlflow = MlflowLogger(mlflow)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         step = int(metrics.get("iteration", 0))
@@ -49,6 +55,8 @@ class RunLogger:
         self.writer.flush()
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics(metrics, step)
         if self.echo:
             self.echo(format_progress(metrics, self.max_iterations))
 
@@ -62,6 +70,8 @@ class RunLogger:
             import wandb
 
             self.wandb_run.log({tag: wandb.Image(str(path))}, step=iteration)
+        if self.mlflow is not None:
+            self.mlflow.log_figure(path)
         plt.close(figure)
         return path
 

@@ -45,7 +45,7 @@ class BornGanTrainer(BornTrainer):
         self.classifier_optimizer = make_adam(self.model.parameters(), lr=config.pretrain_lr)
         self.retrain_epochs_total = 0
         # a resumed run gets all of this back from its checkpoint: do not pre-train again
-        self.pretrained = {} if self.context.latest_state() is not None else self.start_from_classifier()
+        self.pretrained = {} if self.resuming else self.start_from_classifier()
 
     # ----- the starting classifier
     def start_from_classifier(self) -> dict[str, float]:

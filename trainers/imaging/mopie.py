@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from trainers import collective
-from trainers.base import Trainer, make_scheduler
+from trainers.base import Trainer
 from trainers.imaging import forward as fw
 from trainers.imaging import sampling
 from trainers.imaging.metrics import image_metrics
@@ -464,17 +464,12 @@ class MopieTrainer(Trainer):
         nearest = int(self.positions.mean(dim=1).norm(dim=1).argmin())
         self.engine.initialise(images[nearest].clamp_min(0).sqrt())
         del images
-        # no gradients here: a placeholder optimiser carries alpha so the shared schedules drive it
-        self.alpha_holder = torch.nn.Parameter(torch.zeros(()))
-        self.optimizer = torch.optim.SGD([self.alpha_holder], lr=config.lr)
-        self.scheduler = make_scheduler(self.optimizer, config.schedule, config.max_iterations,
-                                        **config.schedule_kwargs)
-        # a no-op step (no gradient), once: the schedulers warn when they step before the optimiser
-        self.optimizer.step()
+        # no gradients here: alpha is a step size the shared schedules drive (no torch optimiser)
+        self.schedule_step_size(config.lr)
 
     @property
     def alpha(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        return self.current_lr()
 
     def epoch_order(self) -> torch.Tensor:
         """Sample ids of this epoch, seeded by (seed, epoch): the same order after a resume."""

@@ -87,12 +87,9 @@ class PpoShogiTrainer(Trainer):
         self.pool.add(name, self.weights())
         self.elo.add(name, self.elo.ratings[LEARNER])
 
-    def fit(self):
-        """The base loop; the source is closed afterwards (a Ray source stops its actors)."""
-        try:
-            return super().fit()
-        finally:
-            self.source.close()
+    def teardown(self) -> None:
+        """Close the source after the loop (a Ray source stops its actors)."""
+        self.source.close()
 
     # ----- one iteration: collect, update
     def step(self) -> dict[str, float]:
