@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         from trainers import mlflow_tracking
 
         mlflow = mlflow_tracking.tracking(name)  # one MLflow experiment per search
+    if not args.verbose:  # Tune's own reporter silent: the progress line says it (verbose=0 alone
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # leaves the new reporter's header tables)
     start_ray(args.address, args.verbose)
     from distributed.progress import SearchProgress
     from distributed.tune import (build_trainable, build_tuner, make_scheduler, make_search, plan_trials,

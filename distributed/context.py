@@ -142,6 +142,8 @@ class RayTuneContext(LoggingMixin):
                                     use_wandb=use_wandb, echo=False, mlflow=mlflow)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if self.logger is not None and self.logger.mlflow is not None:  # Tune has TensorBoard already
+            self.logger.mlflow.log_metrics(metrics, int(metrics.get("iteration", 0)))
         if state is None:
             ray.tune.report(metrics)
             return

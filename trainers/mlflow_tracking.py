@@ -24,6 +24,7 @@ def tracking(experiment: str) -> dict[str, str]:
     from mlflow.tracking import MlflowClient
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").resolve().as_uri()
+    _allow_file_store(uri)
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
@@ -33,7 +34,15 @@ def tracking(experiment: str) -> dict[str, str]:
 def _client(settings: dict[str, str]):
     from mlflow.tracking import MlflowClient
 
+    _allow_file_store(settings["uri"])
     return MlflowClient(settings["uri"])
+
+
+def _allow_file_store(uri: str) -> None:
+    """MLflow 3 refuses its file store (`mlruns/`, in maintenance mode) unless told otherwise; it
+    is the store that needs no server or database and takes writes from many trial processes."""
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
 def _find(client, settings: dict[str, str], key: str):

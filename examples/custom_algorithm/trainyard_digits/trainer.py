@@ -27,7 +27,9 @@ class DigitsMlpTrainer(Trainer):
         train_x, val_x, train_y, val_y = train_test_split(
             rest_x, rest_y, test_size=config.val_frac / (1 - config.test_frac), stratify=rest_y,
             random_state=config.seed)
-        mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6  # from the training split only
+        # standardised with the training split's statistics; a pixel that is always 0 there
+        # (the border) keeps its scale instead of being blown up by a tiny deviation
+        mean, std = train_x.mean(axis=0), np.maximum(train_x.std(axis=0), 1.0)
         self.splits = {name: (self._tensor((x - mean) / std), torch.as_tensor(y, device=self.device))
                        for name, x, y in (("train", train_x, train_y), ("val", val_x, val_y),
                                           ("test", test_x, test_y))}
@@ -56,7 +58,7 @@ class DigitsMlpTrainer(Trainer):
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-            total, batches = total + float(loss), batches + 1
+            total, batches = total + loss.item(), batches + 1
         return {"loss": total / max(batches, 1)}
 
     @torch.no_grad()
