@@ -85,3 +85,14 @@ def test_ci_can_install_the_example_offline():
     assert re.search(r'^test = .*"setuptools', pyproject, re.MULTILINE)
     example = (ROOT / "examples" / "custom_algorithm" / "pyproject.toml").read_text()
     assert '[project.entry-points."trainyard.algorithms"]' in example
+
+
+def test_comments_stand_on_their_own():
+    """No pointers to documents outside the repository (a spec file, a numbered seed, a path on
+    the machine the project was written on)."""
+    pattern = re.compile(r"\bseed 0\d\d\b|\bspecs?[/ ]\w+\.md\b|/work/shared")
+    files = [*(ROOT / "trainers").rglob("*.py"), *(ROOT / "distributed").rglob("*.py"),
+             *(ROOT / "search_spaces").rglob("*.py"), ROOT / "run.py", ROOT / "tune.py", ROOT / "cli_common.py"]
+    offenders = [f"{p.relative_to(ROOT)}:{n}" for p in files
+                 for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []

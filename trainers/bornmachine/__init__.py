@@ -1,4 +1,4 @@
-"""Born machine (seed 002): one MPS that classifies and generates, and its four trainers.
+"""Born machine: one MPS that classifies and generates, and its four trainers.
 
 mps.py          the model: amplitudes, exact partition function, exact differentiable sampling
 contraction.py  the amplitude contraction, forward and backward written by hand

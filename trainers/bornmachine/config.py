@@ -11,11 +11,9 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
+from trainers.bornmachine.data import BUILTIN_DATASETS, TABLE_SUFFIXES  # numpy only (sklearn when used)
 from trainers.config import ConfigError, Mode, Schedule, TrainerConfig
 
-# kept in step with data.py, which imports numpy/sklearn and so is not imported here
-BUILTIN_DATASETS = ("moons", "circles", "spirals", "digits")
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 METRIC_MODES = {"val_loss": "min", "val_acc": "max", "val_gen_nll": "min", "val_fid": "min", "val_rob": "max"}
 Metric = Literal["val_loss", "val_acc", "val_gen_nll", "val_fid", "val_rob"]
 DATA_KEYS = ("dataset", "label_column", "n_samples", "noise", "data_seed", "val_frac", "test_frac")
@@ -81,12 +79,16 @@ class BornConfig(TrainerConfig):
     def check_files(self) -> None:
         if self.dataset in BUILTIN_DATASETS:
             return
-        from trainers.bornmachine.data import load_source  # numpy/pandas only
+        from trainers.bornmachine.data import load_source
 
         load_source(self.dataset, self.label_column)  # raises ConfigError naming the file or field
 
     def data_kwargs(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in DATA_KEYS}
+
+    def mismatched_keys(self, theirs: dict[str, Any]) -> list[str]:
+        """Data and model keys where another run's config (a checkpoint's) differs from this one."""
+        return [key for key in DATA_KEYS + MODEL_KEYS if key in theirs and theirs[key] != getattr(self, key)]
 
 
 class BornClassifyConfig(BornConfig):
@@ -165,10 +167,5 @@ class BornAdversarialConfig(BornConfig):
                                    description="grow the training epsilon linearly to epsilon over this many epochs")
 
 
-def mismatched_keys(ours: BornConfig, theirs: dict[str, Any]) -> list[str]:
-    """Data and model keys where a checkpoint's config differs from ours."""
-    return [key for key in DATA_KEYS + MODEL_KEYS if key in theirs and theirs[key] != getattr(ours, key)]
-
-
 __all__ = ["BornConfig", "BornClassifyConfig", "BornGenerativeConfig", "BornGanConfig", "BornAdversarialConfig",
-           "ConfigError", "mismatched_keys"]
+           "ConfigError"]

@@ -3,8 +3,8 @@
 Every input feature is min-max scaled to [0, 1] on the training split; a feature map sends one
 scalar to `d` functions phi_0..phi_{d-1} with  integral_0^1 phi_s(x) phi_t(x) dx = delta_st.
 Then integral psi(x, c)^2 dx over every feature is the MPS contracted with itself, core by core.
-Both maps start with phi_0 = 1, so an embedded input is never the zero vector (the failure the
-2-component cos/sin map of the original had at a pixel of exactly 1).
+Both maps start with phi_0 = 1, so an embedded input is never the zero vector (the failure a
+2-component cos/sin map has at a pixel of exactly 1).
 
 - fourier:  1, sqrt2 cos 2 pi x, sqrt2 sin 2 pi x, sqrt2 cos 4 pi x, ...  (periodic: x = 0 and
   x = 1 get the same embedding, which matters for data whose values sit on both ends)

@@ -13,13 +13,13 @@ with fixed boundary vectors l, r. From psi:
   the feature map is orthonormal, so the integral is the MPS contracted with itself;
 - sampler     exact ancestral sampling site by site on a grid, differentiable in the cores.
 
-Numerics: a product of 64 matrices under- or overflows float32 (the original saw amplitudes of
-1e-118 and an NLL stuck at -log eps). Every partial product here is rescaled and the log of the
+Numerics: a product of 64 matrices under- or overflows float32 (unscaled, amplitudes of
+1e-118 and an NLL stuck at -log eps are the result). Every partial product here is rescaled and the log of the
 scale is carried along, so psi is held as (psi_hat, log_scale) with psi = exp(log_scale) psi_hat
 and |psi_hat| of order one. The amplitude's contraction, forward and backward, is written by hand
 in contraction.py (speed); Z and the sampler use plain autograd. The feature cores are ONE parameter
 (n, D, d, D) and the label core another: the classifier, the generator and the sampler all read
-the same tensors (the original kept two copies and synced them by cloning).
+the same tensors (no second copy to keep in sync).
 """
 from __future__ import annotations
 

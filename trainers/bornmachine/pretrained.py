@@ -1,13 +1,15 @@
 """Reading a `born-classify` checkpoint as the starting point of another Born-machine trainer."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainers.bornmachine.config import BornConfig, mismatched_keys
 from trainers.checkpoint import CheckpointError, load_checkpoint
 from trainers.config import ConfigError
+
+if TYPE_CHECKING:  # config.py imports this module (lazily) to check the file: no import back
+    from trainers.bornmachine.config import BornConfig
 
 CLASSIFIER = "born-classify"
 
@@ -20,7 +22,7 @@ def read_classifier_checkpoint(config: BornConfig) -> dict[str, torch.Tensor]:
         payload = load_checkpoint(path, CLASSIFIER)
     except CheckpointError as error:
         raise ConfigError(f"classifier_checkpoint = {path!r}: {error}") from None
-    differing = mismatched_keys(config, payload.get("config", {}))
+    differing = config.mismatched_keys(payload.get("config", {}))
     if differing:
         shown = ", ".join(f"{key} {payload['config'][key]!r} (here {getattr(config, key)!r})" for key in differing)
         raise ConfigError(f"classifier_checkpoint = {path!r}: trained with other data/model settings: {shown}")

@@ -3,5 +3,5 @@
 Foundations shared by the `prism` (deep decoder) and `mopie` (ePIE-style) engines:
 objects (`objects`), the forward model (`forward`), sampling patterns and coverage
 (`sampling`), image-quality metrics (`metrics`) and the shared config (`config`).
-The specification is /work/shared/specs/imaging.md. Plain PyTorch/numpy, no Ray.
+Plain PyTorch/numpy, no Ray.
 """

@@ -11,11 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from trainers.config import ConfigError, Mode, TrainerConfig
 
-# kept in step with objects.py / sampling.py, which import torch and so are not imported here
-BUILTIN_IMAGES = ("moon", "hubble_deep_field")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
-PATTERNS = ("fermat", "random", "grid", "star")
-PATTERN_FILE_SUFFIXES = (".py", ".csv", ".npy")
+from trainers.imaging.choices import BUILTIN_IMAGES, IMAGE_SUFFIXES, PATTERN_FILE_SUFFIXES, PATTERNS  # noqa: F401
 PHYSICAL_KEYS = ("wavelength", "distance", "object_diameter", "dxf")
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BUILTIN_IMAGES = ("moon", "hubble_deep_field")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+from trainers.imaging.choices import BUILTIN_IMAGES, IMAGE_SUFFIXES
 
 
 def physical_object_size(wavelength: float, distance: float, object_diameter: float,

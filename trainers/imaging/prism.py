@@ -7,8 +7,8 @@ latent: the network's structure is the image prior (deep image prior / deep deco
   (`init_target`: a disc, sqrt of the first (DC) image, or sqrt of the mean of all noiseless
   images) with relative L1, until below `init_threshold` or `init_steps` steps.
 - ONE ITERATION = ONE NEW SAMPLE, in pattern order (centre first, growing outwards). The decoder
-  is fitted to the stored measurements of ALL apertures so far: unlike the original, which
-  compared old apertures with its own previous reconstruction (and so froze early errors in).
+  is fitted to the stored measurements of ALL apertures so far, not to old apertures as seen
+  through its own previous reconstruction (and so froze early errors in).
   The measurement model is the mopie frame model, batched: one full FFT of the decoder output,
   then every aperture's M x M spectrum window in one gather and one batched inverse FFT
   (`MopieEngine` supplies the frames, windows and discs; the frames are exact).

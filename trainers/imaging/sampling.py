@@ -14,11 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainers.imaging.choices import PATTERN_FILE_SUFFIXES, PATTERNS
 from trainers.imaging.forward import pad_to_grid, pupil_masks, to_image, to_spectrum
 
 GOLDEN_ANGLE_DEG = 137.508
-PATTERNS = ("fermat", "random", "grid", "star")
-PATTERN_FILE_SUFFIXES = (".py", ".csv", ".npy")
 
 
 def default_radius(grid: int, diameter: float) -> float:

@@ -1,7 +1,7 @@
 """Heterogeneous GAT over users, songs and artists; score = dot product of user and song.
 
 Each node type has its own learned embedding table (so song indices can never land on user
-rows: the original's bug). Every layer is a `HeteroConv` of one attention convolution per
+rows, a mistake one shared table with offsets allows). Every layer is a `HeteroConv` of one attention convolution per
 relation, with the listening edges' attributes (plays, completion) entering the attention, then
 a residual connection and LayerNorm per node type. The last layer computes only the relations
 that end at users and songs: artist outputs of the last layer would feed nothing, and unused

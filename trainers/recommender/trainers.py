@@ -63,7 +63,7 @@ class GatTrainer(Trainer):
         self.scheduler = make_scheduler(self.optimizer, config.schedule, config.max_iterations,
                                         **config.schedule_kwargs)
 
-    # ----- hooks with the recommender's own names (seed 004) --------------------------------
+    # ----- hooks with the recommender's own names -----------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each epoch; override for curricula and the like."""
 
@@ -243,7 +243,7 @@ TRAINER_KINDS = {"simple": GatSimpleTrainer, "advanced": GatAdvancedTrainer, "cu
 
 
 def create_trainer(kind: str, config: GatSimpleConfig | dict[str, Any] | None = None, context=None, **overrides):
-    """Factory as in the original: create_trainer("simple" | "advanced" | "curriculum", ...)."""
+    """Factory by name: create_trainer("simple" | "advanced" | "curriculum", ...)."""
     if kind not in TRAINER_KINDS:
         raise ValueError(f"unknown trainer kind {kind!r}; choose one of: {', '.join(TRAINER_KINDS)}")
     trainer_class = TRAINER_KINDS[kind]

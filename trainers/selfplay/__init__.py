@@ -1,4 +1,4 @@
-"""Self-play reinforcement learning for shogi: the `ppo-shogi` algorithm (seed 003, spec selfplay.md).
+"""Self-play reinforcement learning for shogi: the `ppo-shogi` algorithm.
 
 Plain PyTorch and numpy, no Ray. The pieces, each readable on its own:
 
