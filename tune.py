@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # leaves the new reporter's header tables)
     start_ray(args.address, args.verbose)
     from distributed.progress import SearchProgress
-    from distributed.tune import (build_trainable, build_tuner, make_scheduler, make_search, plan_trials,
-                                  restore_or_build)
+    from distributed.tune import (PBT_INTERVAL, build_trainable, build_tuner, make_scheduler, make_search,
+                                  plan_trials, restore_or_build)
 
     try:
         cpus, gpus = cluster_totals()
@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                            actor_label=parts.label if parts else "actor")
         if args.scheduler == "pbt" and plan.mode != "inline":
             raise ResourceError("--scheduler pbt needs inline trials (one worker per trial)")
+        if args.scheduler == "pbt" and "checkpoint_every" not in config.model_fields_set:
+            # an exploiting trial starts from the better trial's latest checkpoint: a fresh one
+            config = config.model_copy(update={"checkpoint_every": PBT_INTERVAL})
     except (ResourceError, ValueError) as error:
         return fail(str(error))
 

@@ -22,6 +22,7 @@ from distributed.worker import tune_trial
 from trainers.registry import AlgorithmSpec, get_algorithm
 
 DRIVER_CPU = 0.01  # a Tune-over-Train trial's own process does no heavy work
+PBT_INTERVAL = 2   # iterations between PBT's exploit/explore steps; trials checkpoint as often
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def make_scheduler(name: str, metric_budget: int, space: dict[str, Any]):
                              grace_period=max(1, metric_budget // 8), reduction_factor=2)
     if name == "pbt":
         mutations = {k: v for k, v in space.items() if isinstance(v, tune.search.sample.Float)}
-        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=2,
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=PBT_INTERVAL,
                                        hyperparam_mutations=mutations or {"lr": space["lr"]})
     raise ValueError(f"unknown scheduler {name!r}; choose asha, pbt or fifo")
 

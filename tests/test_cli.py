@@ -124,3 +124,14 @@ def test_tune_plans_room_for_each_trials_self_play_actors():
     assert train.concurrency == 3 and train.workers.workers == 2  # 16 / (0.01 + 2 + 2)
     with pytest.raises(ResourceError, match="self-play actors hold 2 CPUs"):
         plan_trials(1, 0.0, cpus=2, gpus=0, max_concurrent=None, actor_cpus=2.0, actor_label="self-play actor")
+
+
+def test_a_search_too_large_or_empty_exits_2_with_the_count(capsys):
+    code, err = run_main(tune, ["--algorithm", "mopie", "--num-samples", "0"], capsys)
+    assert code == 2 and "--num-samples must be >= 1, got 0" in err
+    code, err = run_main(tune, ["--algorithm", "mopie", "--num-samples", "1000", "--grid", "batch_size=[8,16,32,64]",
+                                "--grid", "momentum=" + str([i / 100 for i in range(26)])], capsys)
+    assert code == 2 and "would run 104,000 trials" in err and "the limit is 100,000" in err
+    import ray
+
+    assert not ray.is_initialized()  # said before Ray starts

@@ -108,3 +108,16 @@ def test_tune_the_example_two_trials_with_mlflow(installed, ray_session, tmp_pat
         assert float(mlflow_run.data.params["lr"]) == pytest.approx(row["config/lr"])
         assert sorted(m.step for m in mlruns.get_metric_history(mlflow_run.info.run_id, "val_acc")) == [1, 2, 3]
         assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.tags["final_checkpoint"]
+
+
+def test_a_twenty_trial_search_prints_a_screen_not_a_table_per_trial(installed, ray_session, tmp_path, capsys):
+    """What tune.py itself prints (Ray's worker logs aside, which a CLI-started Ray keeps out of
+    the console): a header, one progress line and the final table; Ray Tune's per-trial status
+    tables only with --verbose."""
+    code = tune.main(["--algorithm", "digits-mlp", "--num-samples", "20", "--scheduler", "fifo",
+                      "--storage", str(tmp_path), "--name", "twenty", "--set", "max_iterations=1"])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(pd.read_csv(tmp_path / "twenty" / "trials.csv")) == 20
+    assert len(lines) < 40 and sum("twenty" in line and "20/20" in line for line in lines) == 1
+    assert not any("Trial status" in line or "Current time" in line for line in lines)
