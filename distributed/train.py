@@ -11,6 +11,7 @@ from ray.train.torch import TorchTrainer
 from distributed.resources import WorkerPlan
 from distributed.worker import train_loop_per_worker
 from trainers.config import TrainerConfig
+from trainers.registry import get_algorithm
 from trainers.run_logger import SECRET_MARKERS
 
 FORWARDED_ENV_PREFIXES = ("TRAINYARD_", "WANDB_", "MLFLOW_")
@@ -35,6 +36,9 @@ def build_torch_trainer(spec, config: TrainerConfig, plan: WorkerPlan, storage: 
                         max_failures: int = 2, callbacks: list[Any] | None = None,
                         resume_from: Any = None, mlflow: dict[str, str] | None = None,
                         progress: Any = None) -> TorchTrainer:
+    """`spec`: the AlgorithmSpec, or a registered name."""
+    if isinstance(spec, str):
+        spec = get_algorithm(spec)
     os.environ.setdefault(POLL_ENV, POLL_SECONDS)
     resources = {"CPU": plan.cpus_per_worker}
     if plan.gpus_per_worker > 0:

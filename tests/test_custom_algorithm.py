@@ -77,6 +77,9 @@ def test_run_the_example_with_two_workers_and_mlflow(installed, ray_session, tmp
     assert payload["iteration"] == 4 and len(payload["trainer"]["history"]) == 4
     # the final table lists the held-out metrics first
     out = capsys.readouterr().out
+    # the quiet console: one progress line for the run, no line per iteration
+    assert sum(line.startswith("mlp ") and "4/4" in line for line in out.splitlines()) == 1
+    assert "iter 1/4" not in out
     table = out[out.index("finished in"):]
     assert table.index("test_acc") < table.index("val_acc") < table.index("wall time")
     # MLflow: one run in the algorithm's experiment, params = the config, metrics per iteration

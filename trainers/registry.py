@@ -34,7 +34,7 @@ class RegistryError(ValueError):
 
 class UnknownAlgorithm(KeyError):
     def __str__(self) -> str:
-        names = ", ".join(algorithm_names()) or f"none: is trainyard installed (pip install -e .)?"
+        names = ", ".join(algorithm_names()) or "none: is trainyard installed (pip install -e .)?"
         return f"unknown algorithm {self.args[0]!r}; choose one of: {names} (or package.module:Class)"
 
 
