@@ -42,7 +42,11 @@ class BornConfig(TrainerConfig):
     bond_dim: int = Field(8, ge=1, le=512, description="D, the MPS bond dimension")
     init_noise: float = Field(1e-2, ge=0, le=1, description="std of the noise on the near-identity initial cores")
     # ----- optimisation
-    lr: float = Field(5e-3, gt=0, le=10)
+    lr: float = Field(5e-3, gt=0, le=10,
+                      description="Adam learning rate of the MPS at D = 10; lr_scaling 'bond' divides it by D / 10")
+    lr_scaling: Literal["bond", "none"] = Field(
+        "bond", description="bond: the MPS's learning rate is lr x 10 / D, so that a wider bond takes steps of "
+                            "the same size (Adam moves a D x D core by about lr x D per step); none: lr as given")
     batch_size: int = Field(64, ge=1, le=1_000_000, description="examples per optimiser step (per worker)")
     grad_clip: float = Field(1.0, ge=0, le=1e6, description="clip the gradient norm to this; 0 = no clipping")
     max_iterations: int = Field(60, ge=1, le=100_000)
@@ -104,7 +108,7 @@ class BornGenerativeConfig(BornConfig):
     metric: Metric = "val_gen_nll"
     feature_dim: int = Field(12, ge=2, le=64)
     bond_dim: int = Field(6, ge=1, le=512)
-    lr: float = Field(5e-3, gt=0, le=10)
+    lr: float = Field(3e-3, gt=0, le=10, description="Adam learning rate at D = 10 (5e-3 at the default D = 6)")
     schedule: Schedule = "cosine"
     max_iterations: int = Field(80, ge=1, le=100_000)
     patience: int = Field(25, ge=0, le=10_000)
@@ -154,7 +158,7 @@ class BornAdversarialConfig(BornConfig):
     metric: Metric = "val_rob"
     feature_dim: int = Field(2, ge=2, le=64)
     bond_dim: int = Field(12, ge=1, le=512)
-    lr: float = Field(1e-3, gt=0, le=10)
+    lr: float = Field(1.2e-3, gt=0, le=10, description="Adam learning rate at D = 10 (1e-3 at the default D = 12)")
     batch_size: int = Field(32, ge=1, le=1_000_000)
     schedule: Schedule = "cosine"
     max_iterations: int = Field(25, ge=1, le=100_000)
