@@ -185,12 +185,25 @@ def part_scaling(args) -> dict:
 
 
 def part_classify(args) -> dict:
+    """The recipe and the variants given by --candidates (overrides of it), each over the seeds;
+    the one with the highest median best-epoch validation accuracy is reported as chosen (its
+    test accuracy is read after the choice, as are all the others')."""
     from trainers.bornmachine.trainers import BornClassifyTrainer
 
     base = recipe(MNIST_RECIPE)
-    runs = run_many(BornClassifyTrainer, [{**base, "seed": seed} for seed in range(args.seeds)], args.workers)
-    return {"setup": base, "test_acc": summary(runs, "test_acc"), "wall_seconds": summary(runs, "wall_seconds"),
-            "avg_epoch_seconds": summary(runs, "avg_epoch_seconds"), "runs": runs}
+    candidates = [{}] + json.loads(args.candidates)
+    configs = [{**base, **overrides, "seed": seed} for overrides in candidates for seed in range(args.seeds)]
+    all_runs = run_many(BornClassifyTrainer, configs, args.workers)
+    rows = []
+    for index, overrides in enumerate(candidates):
+        runs = all_runs[index * args.seeds:(index + 1) * args.seeds]
+        rows.append({"overrides": overrides,
+                     "best_val_acc": summary([{"v": max(r["val_acc_per_epoch"])} for r in runs], "v"),
+                     "test_acc": summary(runs, "test_acc"), "wall_seconds": summary(runs, "wall_seconds"),
+                     "avg_epoch_seconds": summary(runs, "avg_epoch_seconds"), "runs": runs})
+    chosen = max(range(len(rows)), key=lambda i: rows[i]["best_val_acc"]["median"])
+    return {"setup": base, "chosen_by_validation": rows[chosen]["overrides"], "chosen": rows[chosen],
+            "candidates": rows}
 
 
 def part_digits(args) -> dict:
@@ -242,7 +255,7 @@ def part_generative(args) -> dict:
 
     base = recipe(MNIST_RECIPE)
     values = dict(dataset="mnist", image_size=14, feature_map=base.get("feature_map", "legendre"),
-                  feature_dim=base["feature_dim"], bond_dim=args.generative_bond, batch_size=64, lr=base["lr"],
+                  feature_dim=base["feature_dim"], bond_dim=args.generative_bond, batch_size=64, lr=args.generative_lr,
                   max_iterations=args.epochs, patience=0, fid_samples=100, grid_size=64)
     runs = run_many(BornGenerativeTrainer, [{**values, "seed": seed} for seed in range(args.seeds)], args.workers,
                     figures_as="born_mnist_generative_samples")
@@ -252,6 +265,7 @@ def part_generative(args) -> dict:
             "test_gen_nll": summary(runs, "test_gen_nll"),
             "independent_pixel_same_feature_map_test_nll": product_state_nll(data, values["feature_dim"],
                                                                              values["feature_map"]),
+            "independent_pixel_beta_test_nll": beta_nll(data),
             "runs": runs}
 
 
@@ -297,18 +311,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--bonds", type=lambda text: [int(v) for v in text.split(",")], default=[10, 20, 50, 100])
     parser.add_argument("--epochs", type=int, default=20, help="epochs of each scaling / generative / robust run")
+    parser.add_argument("--candidates", default="[]", help="classify: JSON list of overrides of the recipe")
+    parser.add_argument("--suffix", default="", help="appended to the JSON's name (born_mnist_PART_SUFFIX.json)")
     parser.add_argument("--note", default="", help="where it ran, in words (kept in the JSON)")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time, one process (one thread) each")
     parser.add_argument("--generative-bond", type=int, default=20)
+    parser.add_argument("--generative-lr", type=float, default=5e-3)
     parser.add_argument("--adversarial-bond", type=int, default=20)
     args = parser.parse_args()
     started = time.perf_counter()
     results = {"device": machine(), "note": args.note, "part": args.part, **PARTS[args.part](args),
                "script_seconds": time.perf_counter() - started}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"born_mnist_{args.part}.json"
+    path = RESULTS / f"born_mnist_{args.part}{args.suffix}.json"
     path.write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k not in ("runs", "by_bond_dim")}, indent=1)[:3000])
+    print(json.dumps({k: v for k, v in results.items() if k not in ("runs", "by_bond_dim", "candidates")},
+                     indent=1, default=str)[:2500])
     print(f"wrote {path}")
 
 
