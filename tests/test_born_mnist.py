@@ -102,12 +102,15 @@ def test_mnist_is_accepted_by_the_command_line(monkeypatch):
 
 # ---------------------------------------------------------------- training that scales with D
 def train_chain(bond_dim: int, steps: int, lr: float, scaled: bool = True, seed: int = 0) -> float:
-    """Training NLL of p(c | x) after `steps` Adam steps on a 49-site chain (MNIST averaged to
-    7x7, 1000 images, batch 32), measured on those images; `scaled`: the trainers' learning-rate
-    rule lr x 10 / D, else lr for every D."""
+    """Training NLL of p(c | x) after `steps` Adam steps (batch 32) on a 49-site chain: the first
+    1000 images of the file (it is sorted by digit: the 0s and the 1s) averaged to 7x7, measured
+    on those images. `scaled`: the trainers' learning-rate rule lr x 10 / D, else lr for every D.
+    (With 100 images of every digit instead, one seed at 150 steps did not order D = 4 and 8
+    either way: the benchmark's MNIST-14 sweep over seeds is the evidence for ten classes.)"""
     images, labels = mnist_images(14)
     images = images.reshape(-1, 7, 2, 7, 2).mean(axis=(2, 4)).reshape(-1, 49)[:1000] / 255.0
     x, y = torch.tensor(images, dtype=torch.float32), torch.tensor(labels[:1000])
+    assert set(y.tolist()) == {0, 1}
     torch.manual_seed(seed)
     machine = BornMachine(49, 10, feature_dim=2, bond_dim=bond_dim, feature_map="legendre")
     optimizer = make_adam(machine.parameters(), lr=bond_scaled_lr(lr, bond_dim) if scaled else lr)
@@ -126,4 +129,6 @@ def train_chain(bond_dim: int, steps: int, lr: float, scaled: bool = True, seed:
 def test_a_wider_bond_trains_at_least_as_well_in_the_same_steps():
     narrow, wide = train_chain(4, STEPS, LR), train_chain(8, STEPS, LR)
     assert wide <= narrow * 1.02, (narrow, wide)
-    assert narrow < 0.8 * np.log(10)  # both learned something: not a tie at chance
+    assert wide < 0.1 * np.log(2)  # learned: not a tie at chance
+    # what the rule fixes: the same steps at one learning rate for every D leave D = 8 behind
+    assert train_chain(8, STEPS, LR, scaled=False) > 1.5 * train_chain(4, STEPS, LR, scaled=False)
