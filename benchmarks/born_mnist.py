@@ -177,7 +177,8 @@ def part_scaling(args) -> dict:
     rows = {}
     for bond in args.bonds:
         runs = [run for run in all_runs if run["config"]["bond_dim"] == bond]
-        rows[str(bond)] = {"test_acc": summary(runs, "test_acc"), "avg_epoch_seconds": summary(runs, "avg_epoch_seconds"),
+        rows[str(bond)] = {"test_acc": summary(runs, "test_acc"),
+                           "avg_epoch_seconds": summary(runs, "avg_epoch_seconds"),
                            "best_val_acc": summary([{"v": max(r["val_acc_per_epoch"])} for r in runs], "v"),
                            "runs": runs}
         print(bond, rows[str(bond)]["test_acc"], flush=True)

@@ -25,7 +25,8 @@ MODEL_KEYS = ("feature_map", "feature_dim", "bond_dim")
 class BornConfig(TrainerConfig):
     # ----- data
     dataset: str = Field("moons", min_length=1,
-                         description="moons, circles, spirals, digits, mnist, or a .csv/.parquet file with a label column")
+                         description="moons, circles, spirals, digits, mnist, or a .csv/.parquet file with a "
+                                     "label column")
     label_column: str = Field("label", min_length=1, description="the class column of a CSV/Parquet dataset")
     n_samples: int = Field(1000, ge=30, le=1_000_000, description="points of a generated dataset")
     noise: Optional[float] = Field(None, ge=0, le=1,
