@@ -38,6 +38,8 @@ def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible, no GPU used, "
             "one torch thread per run")
 SVM_C = (1, 3, 10, 30, 100)
+# the learning rate (at D = 10) of the scaling sweep and of the other three trainers' runs
+FIXED_LR = 1e-3
 SVM_GAMMA_FACTORS = (0.25, 0.5, 1, 2, 4)  # times scikit-learn's "scale" gamma, 1 / (n var(x))
 
 
@@ -171,7 +173,7 @@ def part_svm(args) -> dict:
 def part_scaling(args) -> dict:
     from trainers.bornmachine.trainers import BornClassifyTrainer
 
-    base = {**recipe(MNIST_RECIPE), "max_iterations": args.epochs, "patience": 0}
+    base = {**recipe(MNIST_RECIPE), "lr": FIXED_LR, "max_iterations": args.epochs, "patience": 0}
     configs = [{**base, "bond_dim": bond, "seed": seed} for bond in args.bonds for seed in range(args.seeds)]
     all_runs = run_many(BornClassifyTrainer, configs, args.workers)
     rows = {}
@@ -274,7 +276,8 @@ def part_adversarial(args) -> dict:
     from trainers.bornmachine.adversarial import BornAdversarialTrainer
     from trainers.bornmachine.trainers import BornClassifyTrainer
 
-    base = {**recipe(MNIST_RECIPE), "bond_dim": args.adversarial_bond, "max_iterations": args.epochs, "patience": 0}
+    base = {**recipe(MNIST_RECIPE), "lr": FIXED_LR, "bond_dim": args.adversarial_bond, "max_iterations": args.epochs,
+            "patience": 0}
     keys = ("test_acc", "test_rob_pgd@0.1", "test_rob_pgd@0.3", "test_rob_fgsm@0.1", "test_rob_fgsm@0.3",
             "avg_epoch_seconds", "wall_seconds")
     rows = {}
@@ -292,7 +295,7 @@ def part_gan(args) -> dict:
     base = recipe(MNIST_RECIPE)
     values = dict(dataset="mnist", image_size=14, feature_map=base.get("feature_map", "legendre"),
                   feature_dim=base["feature_dim"], bond_dim=args.adversarial_bond, lr=1e-4,
-                  pretrain_lr=base["lr"], pretrain_epochs=args.epochs, pretrain_patience=0, batch_size=64,
+                  pretrain_lr=FIXED_LR, pretrain_epochs=args.epochs, pretrain_patience=0, batch_size=64,
                   max_iterations=2, patience=0, critic_steps=2, fid_samples=100, grid_size=64,
                   retrain_max_epochs=3)
     runs = run_many(BornGanTrainer, [{**values, "seed": seed} for seed in range(args.seeds)], args.workers,
@@ -317,7 +320,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="where it ran, in words (kept in the JSON)")
     parser.add_argument("--workers", type=int, default=1, help="runs at a time, one process (one thread) each")
     parser.add_argument("--generative-bond", type=int, default=20)
-    parser.add_argument("--generative-lr", type=float, default=5e-3)
+    parser.add_argument("--generative-lr", type=float, default=FIXED_LR)
     parser.add_argument("--adversarial-bond", type=int, default=20)
     args = parser.parse_args()
     started = time.perf_counter()
