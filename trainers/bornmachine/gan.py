@@ -42,7 +42,7 @@ class BornGanTrainer(BornTrainer):
         self.critic = ClassAwareCritic(self.data.n_features, self.data.n_classes, hidden).to(self.device)
         self.critic_model = self.context.prepare_model(self.critic)
         self.critic_optimizer = make_adam(self.critic_model.parameters(), lr=config.critic_lr, betas=(0.5, 0.999))
-        self.classifier_optimizer = make_adam(self.model.parameters(), lr=config.pretrain_lr)
+        self.classifier_optimizer = make_adam(self.model.parameters(), lr=self.mps_lr(config.pretrain_lr))
         self.retrain_epochs_total = 0
         # a resumed run gets all of this back from its checkpoint: do not pre-train again
         self.pretrained = {} if self.resuming else self.start_from_classifier()

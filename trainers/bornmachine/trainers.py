@@ -28,7 +28,7 @@ from trainers.base import Trainer, make_scheduler
 from trainers.bornmachine import metrics as born_metrics
 from trainers.bornmachine.config import BornClassifyConfig, BornConfig, BornGenerativeConfig
 from trainers.bornmachine.data import BornData, load_born_data
-from trainers.bornmachine.mps import BornMachine
+from trainers.bornmachine.mps import BornMachine, bond_scaled_lr
 
 EVAL_CHUNK = 2048  # examples per forward pass when evaluating
 
@@ -55,9 +55,16 @@ class BornTrainer(Trainer):
         self.machine = BornMachine(self.data.n_features, self.data.n_classes, config.feature_dim, config.bond_dim,
                                    config.feature_map, config.init_noise, config.grid_size).to(self.device)
         self.model = self.context.prepare_model(self.machine)
-        self.optimizer = make_adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = make_adam(self.model.parameters(), lr=self.mps_lr(config.lr))
         self.scheduler = make_scheduler(self.optimizer, config.schedule, config.max_iterations,
                                         **config.schedule_kwargs)
+
+    def mps_lr(self, lr: float) -> float:
+        """The MPS's Adam learning rate for a configured `lr` (see `bond_scaled_lr`)."""
+        return bond_scaled_lr(lr, self.config.bond_dim) if self.config.lr_scaling == "bond" else lr
+
+    def _restart_lr(self, lr: float) -> None:
+        super()._restart_lr(self.mps_lr(lr))
 
     def to_tensors(self, split) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(split.x).to(self.device), torch.from_numpy(split.y).to(self.device)
