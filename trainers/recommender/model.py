@@ -15,13 +15,8 @@ import torch
 from torch import nn
 from torch_geometric.nn import GATConv, GATv2Conv, HeteroConv
 
-LISTENS = ("user", "listens", "song")
-LISTENED_BY = ("song", "rev_listens", "user")
-BY_ARTIST = ("song", "by", "artist")
-ARTIST_OF = ("artist", "rev_by", "song")
-FOLLOWS = ("user", "follows", "artist")        # derived from the training edges: plays per artist
-FOLLOWED_BY = ("artist", "rev_follows", "user")
-RELATIONS = (LISTENS, LISTENED_BY, BY_ARTIST, ARTIST_OF, FOLLOWS, FOLLOWED_BY)
+from trainers.recommender.data import RELATIONS
+
 EDGE_DIM = 2
 
 
@@ -32,9 +27,8 @@ class GATRecommender(nn.Module):
         super().__init__()
         self.num_nodes = dict(num_nodes)
         # Node types in `id_embeddings` get a free vector per node; the others start from one
-        # learned vector per type and are what their neighbourhood makes them. Measured on the
-        # synthetic data: free user and song vectors memorise the training edges (test
-        # Recall@10 0.065) where neighbourhood-only users and songs generalise (0.103).
+        # learned vector per type and are what their neighbourhood makes them: a free vector per
+        # user and song can memorise that node's training edges, a neighbourhood cannot.
         self.embeddings = nn.ModuleDict({kind: nn.Embedding(n, embedding_dim)
                                          for kind, n in num_nodes.items() if kind in id_embeddings})
         self.type_vectors = nn.ParameterDict({kind: nn.Parameter(torch.zeros(embedding_dim))
