@@ -87,6 +87,7 @@ class GatAdvancedConfig(GatSimpleConfig):
     val_frac: float = Field(0.15, gt=0, lt=0.5)
     test_frac: float = Field(0.15, gt=0, lt=0.5)
     item_prior: Literal["none", "ease"] = "ease"
+    prior_weight: float = Field(10.0, ge=0, le=1e4, description="weight of the standardised prior in the score")
     refit: bool = Field(False, description="serving protocol: validation songs join the training set and the model "
                                            "trains for exactly max_iterations (the count selected on validation "
                                            "before), with no early stopping; test metrics at the end")

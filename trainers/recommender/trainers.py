@@ -62,7 +62,7 @@ class GatTrainer(Trainer):
         self.network = GATRecommender(
             {"user": self.data.n_users, "song": self.data.n_songs, "artist": self.data.n_artists},
             config.embedding_dim, config.heads, config.num_layers, config.dropout, config.conv,
-            tuple(config.id_embeddings),
+            tuple(config.id_embeddings), residual_gate=self.prior is not None,
         ).to(self.device)
         self.model = self.context.prepare_model(self.network)
         self.use_amp = uses_amp(config.mixed_precision, self.device)
