@@ -48,6 +48,8 @@ MONITOR = "recall@20"
 # one of them (its prior_weight); its row is reported on its own beside the grid's choice.
 GAT_GRID = [{"prior_weight": w} for w in (1.0, 3.0, 10.0, 30.0)]
 BASELINES = ("popularity", "artist-share", "itemknn", "rp3beta", "ease", "ials", "lightgcn")
+# no randomness in their fit: one run stands for every seed
+DETERMINISTIC = ("popularity", "artist-share", "itemknn", "rp3beta", "ease")
 
 
 def movielens_events(path: Path) -> Path:
@@ -173,8 +175,11 @@ def run_gat(task: dict) -> dict:
 
 def tasks_for(dataset: str, base: dict, seeds, grids, gat_device: str) -> list[dict]:
     tasks = []
+    base = {**base}
     for seed in seeds:
         for model in BASELINES:
+            if model in DETERMINISTIC and seed != seeds[0]:
+                continue
             for index, params in enumerate(grids[model]):
                 tasks.append(dict(dataset=dataset, model=model, seed=seed, index=index, params=params, base=base))
         for index, params in enumerate(GAT_GRID):
@@ -182,23 +187,27 @@ def tasks_for(dataset: str, base: dict, seeds, grids, gat_device: str) -> list[d
                               gat_device=gat_device))
         tasks.append(dict(dataset=dataset, model="gat-plain", seed=seed, index=0, params={"item_prior": "none"},
                           base=base, gat_device=gat_device))
-    return tasks
+    return [{**task, "first_seed": seeds[0]} for task in tasks]
 
 
-def task_order(task: dict, default_weight: float) -> int:
-    """The quick baselines first, then the default GAT, LightGCN, the rest of the GAT grid: the
-    partial results written while the pool runs hold whole rows first."""
-    if task["model"] == "gat-advanced":
-        return 1 if task["params"].get("prior_weight") == default_weight else 3
-    return {"lightgcn": 2, "gat-plain": 4}.get(task["model"], 0)
+def task_order(task: dict, default_weight: float) -> tuple:
+    """The default GAT's first seed and the quick baselines first, then the default GAT's other
+    seeds, LightGCN, the rest of the GAT grid: the partial results written while the pool runs
+    hold whole rows first."""
+    if task["model"] == "gat-advanced" and task["params"].get("prior_weight") == default_weight:
+        return (0 if task["seed"] == task["first_seed"] else 2, task["seed"])
+    rank = {"lightgcn": 3, "gat-advanced": 4, "gat-plain": 5}.get(task["model"], 1)
+    return (rank, task["seed"])
 
 
 def summarise(results: list[dict]) -> dict:
     """Per model: each seed's configuration chosen on validation, then mean / min / max over seeds."""
     rows = {}
     by_key: dict[tuple, list[dict]] = {}
+    seeds = sorted({r["seed"] for r in results})
     for r in results:
-        by_key.setdefault((r["model"], r["seed"]), []).append(r)
+        for seed in (seeds if r["model"] in DETERMINISTIC else [r["seed"]]):
+            by_key.setdefault((r["model"], seed), []).append({**r, "seed": seed})
     labels = {"gat-advanced": "gat-advanced (grid)", "gat-plain": "plain GAT (item_prior none)"}
     chosen: dict[str, list[dict]] = {}
     from trainers.recommender.config import GatAdvancedConfig
@@ -208,8 +217,8 @@ def summarise(results: list[dict]) -> dict:
         best = max(runs, key=lambda r: (r["val"][MONITOR], -r["index"]))
         chosen.setdefault(labels.get(model, model), []).append(best)
         if model == "gat-advanced":
-            chosen.setdefault("gat-advanced (default)", []).append(
-                next(r for r in runs if r["params"]["prior_weight"] == default_weight))
+            chosen.setdefault("gat-advanced (default)", []).extend(
+                r for r in runs if r["params"]["prior_weight"] == default_weight)
             for r in runs:
                 chosen.setdefault(f"gat-advanced prior_weight {r['params']['prior_weight']:g}", []).append(r)
     for label, runs in chosen.items():
@@ -224,11 +233,13 @@ def summarise(results: list[dict]) -> dict:
                                                "max": max(values), "values": values}
         rows[label] = row
     baselines = [label for label in rows if label in BASELINES]
-    for protocol in ("test_a", "test_b"):
+    for protocol in ("test_a", "test_b") if baselines else ():
         for metric in ("recall@20", "ndcg@20"):
             key = f"{protocol}_{metric}"
             best = max(baselines, key=lambda label: rows[label][key]["mean"])
             for label in ("gat-advanced (default)", "gat-advanced (grid)"):
+                if label not in rows:
+                    continue
                 rows[label][f"{key}_vs_best_baseline"] = {
                     "baseline": best, "ratio": rows[label][key]["mean"] / rows[best][key]["mean"]}
     return rows
@@ -261,19 +272,21 @@ def print_tables(results: dict, datasets) -> None:
         table = Table(title=f"{name}: {info['users']} users, {info['items']} items, {info['train_edges']} train / "
                             f"{info['val_edges']} val / {info['test_edges']} test edges; test split, mean "
                             f"[min-max] over seeds {results['seeds']}")
-        for column in ("model", "(a) R@20", "(a) N@20", "(b) R@10", "(b) N@10", "(b) R@20", "(b) N@20",
+        for column in ("model", "seeds", "(a) R@20", "(a) N@20", "(b) R@10", "(b) N@10", "(b) R@20", "(b) N@20",
                        "fit s (b)"):
             table.add_column(column)
         for label, row in info["rows"].items():
             def cell(key):
                 v = row[key]
                 return f"{v['mean']:.4f}" + (f" [{v['min']:.4f}-{v['max']:.4f}]" if v["max"] > v["min"] else "")
-            table.add_row(label, cell("test_a_recall@20"), cell("test_a_ndcg@20"), cell("test_b_recall@10"),
+            table.add_row(label, str(len(row["seeds"])), cell("test_a_recall@20"), cell("test_a_ndcg@20"), cell("test_b_recall@10"),
                           cell("test_b_ndcg@10"), cell("test_b_recall@20"), cell("test_b_ndcg@20"),
                           f"{row['seconds']:.1f}")
         console.print(table)
         for label in ("gat-advanced (default)", "gat-advanced (grid)"):
-            row = info["rows"][label]
+            row = info["rows"].get(label)
+            if row is None or "test_b_recall@20_vs_best_baseline" not in row:
+                continue
             parts = [f"{key.split('_', 2)[-1]} (b) {row[f'{key}_vs_best_baseline']['ratio']:.3f}x "
                      f"{row[f'{key}_vs_best_baseline']['baseline']}" for key in ("test_b_recall@20", "test_b_ndcg@20")]
             console.print(f"  {label}: " + ", ".join(parts))
@@ -290,7 +303,20 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny data, 2 GAT iterations: checks the script only")
     parser.add_argument("--gat-device", default="cpu", help="torch device of the GAT runs (baselines: CPU)")
     parser.add_argument("--device", default="2-core CPU machine (no GPU)", help="machine description for the JSON")
+    parser.add_argument("--summarise", type=Path, metavar="PARTIAL_JSON",
+                        help="summarise the runs of a cut-short run's .partial.json (rows then say their seeds)")
     args = parser.parse_args()
+    if args.summarise:
+        results = json.loads(args.summarise.read_text())
+        runs = results.pop("runs")
+        datasets = [name for name in ("synthetic", "movielens") if name in results]
+        for name in datasets:
+            results[name]["rows"] = summarise([r for r in runs if r["dataset"] == name])
+            results[name]["runs"] = [r for r in runs if r["dataset"] == name]
+        args.out.write_text(json.dumps(results, indent=1))
+        print_tables(results, datasets)
+        print(f"wrote {args.out} from {results['partial']}")
+        return
     try:
         grids = parse_grids(args.grid)
     except ValueError as error:

@@ -117,3 +117,10 @@ def test_relative_data_dir_and_events_resolve_against_the_starting_directory(tmp
     monkeypatch.chdir(elsewhere)
     assert GatAdvancedConfig(**config.model_dump()).data_dir == str(tmp_path / "cache")
     assert os.path.isabs(GatAdvancedConfig().data_dir)
+
+
+def test_refit_config_trains_a_fixed_count_without_validation():
+    config = GatAdvancedConfig(refit=True, max_iterations=7)
+    assert (config.metric, config.mode, config.patience, config.schedule) == ("iterations_trained", "max", 0, "none")
+    assert GatAdvancedConfig(**config.model_dump()).metric == "iterations_trained"  # a worker's copy agrees
+    assert GatAdvancedConfig().metric == "val_recall@20" and GatAdvancedConfig().item_prior == "ease"
