@@ -17,4 +17,5 @@ def space() -> dict:
         "dropout": tune.uniform(0.0, 0.3),
         "weight_decay": tune.loguniform(1e-6, 1e-3),
         "batch_size": tune.choice([2048, 4096, 8192]),
+        "prior_weight": tune.choice([1.0, 3.0, 10.0, 30.0]),
     }

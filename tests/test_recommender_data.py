@@ -1,4 +1,4 @@
-"""Tests for trainers.recommender.data: generator, files, loading, split, graph, negatives."""
+"""Tests for the recommender's data: generator, files, loading, split, graph, negatives."""
 
 import threading
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from trainers.recommender.data import (
-    Interactions, aggregate_edges, build_graph, build_interactions, ensure_synthetic_dataset,
-    generate_listening_data, index_maps, load_events, sample_negatives, training_keys,
-    write_dataset)
+    Interactions, aggregate_edges, build_graph, build_interactions, index_maps, sample_negatives, training_keys)
+from trainers.recommender.events import load_events
+from trainers.recommender.synthetic import ensure_synthetic_dataset, generate_listening_data, write_dataset
 
 SMALL = dict(n_users=60, n_songs=300, n_artists=40, n_days=10, n_genres=8)
 

@@ -7,7 +7,8 @@ import torch
 
 from trainers.recommender.baselines import (
     artist_popularity_baseline, lightgcn_baseline, popularity_baseline)
-from trainers.recommender.data import Interactions, build_interactions, generate_listening_data
+from trainers.recommender.data import Interactions, build_interactions
+from trainers.recommender.synthetic import generate_listening_data
 from trainers.recommender.metrics import (
     popularity_percentile, ranking_metrics, recall_ndcg_at_k)
 

@@ -1,9 +1,17 @@
-"""Baselines reported beside the GAT model, evaluated with the same protocol
+"""Classic recommenders reported beside the GAT, evaluated with the same protocol
 (:func:`trainers.recommender.metrics.ranking_metrics`: all items, seen items masked).
 
 * :func:`popularity_baseline` - most popular songs (weak floor).
-* :func:`artist_popularity_baseline` - user's play share of the song's artist x popularity.
-* :func:`lightgcn_baseline` - PyG LightGCN with BPR and true negatives (the strong one).
+* :func:`artist_share_scores` - user's play share of the song's artist x popularity.
+* :func:`itemknn_scores` - item-item cosine with shrinkage, top-k neighbours per item.
+* :func:`rp3beta_scores` - three-step random walk user-item-user-item, popularity-penalised.
+* :func:`ease_scores` - EASE^R (Steck 2019), the closed-form item-item regression.
+* :func:`ials_scores` - implicit ALS (Hu, Koren, Volinsky 2008) through the `implicit` package.
+* :func:`lightgcn_baseline` - PyG LightGCN with BPR and true negatives.
+
+The neighbourhood and linear models work on the binary user x song training matrix X (dense:
+the catalogues here have a few thousand songs). :data:`GRIDS` holds each model's stated grid;
+:class:`BaselineParams` subclasses check each value's range.
 """
 
 from __future__ import annotations
@@ -11,13 +19,174 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch_geometric.nn import LightGCN
 
 from .data import Interactions, sample_negatives, training_keys
 from .metrics import ranking_metrics
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- hyperparameters
+class BaselineParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ItemKNNParams(BaselineParams):
+    neighbours: int = Field(100, ge=1, le=100_000, description="top-k most similar items kept per item")
+    shrink: float = Field(0.0, ge=0, le=1e6, description="added to the cosine's denominator")
+
+
+class RP3betaParams(BaselineParams):
+    alpha: float = Field(1.0, gt=0, le=5, description="exponent of the transition probabilities")
+    beta: float = Field(0.5, ge=0, le=2, description="exponent of the target item's popularity penalty")
+
+
+class EASEParams(BaselineParams):
+    lam: float = Field(100.0, gt=0, le=1e7, description="L2 weight of the item-item regression")
+
+
+class IALSParams(BaselineParams):
+    factors: int = Field(64, ge=1, le=4096)
+    regularization: float = Field(0.01, ge=0, le=1e4)
+    alpha: float = Field(10.0, gt=0, le=1e4, description="confidence of an observed pair: 1 + alpha")
+    iterations: int = Field(15, ge=1, le=1000)
+
+
+class LightGCNParams(BaselineParams):
+    num_layers: int = Field(3, ge=1, le=6)
+    lambda_reg: float = Field(1e-3, ge=0, le=1)
+    lr: float = Field(1e-2, gt=0, le=1)
+    embedding_dim: int = Field(64, ge=4, le=1024)
+
+
+class NoParams(BaselineParams):
+    pass
+
+
+PARAMS = {"popularity": NoParams, "artist-share": NoParams, "itemknn": ItemKNNParams, "rp3beta": RP3betaParams, "ease": EASEParams,
+          "ials": IALSParams, "lightgcn": LightGCNParams}
+
+# Four configurations per model with hyperparameters (popularity and artist-share have none), chosen on validation
+# Recall@20. Ranges are the usual ones for these models on data sets of this size.
+GRIDS: dict[str, list[dict]] = {
+    "popularity": [{}],
+    "artist-share": [{}],
+    "itemknn": [{"neighbours": k, "shrink": h} for k in (50, 200) for h in (0.0, 50.0)],
+    "rp3beta": [{"alpha": a, "beta": b} for a in (0.6, 1.0) for b in (0.3, 0.6)],
+    "ease": [{"lam": lam} for lam in (30.0, 100.0, 300.0, 1000.0)],
+    "ials": [{"factors": f, "regularization": r} for f in (64, 128) for r in (0.01, 1.0)],
+    "lightgcn": [{"num_layers": n, "lambda_reg": r} for n in (2, 3) for r in (1e-4, 1e-3)],
+}
+
+
+def check_grid(model: str, grid: Sequence[dict]) -> list[BaselineParams]:
+    """Validated parameter objects of ``grid``; ValueError naming the model, field and range."""
+    if model not in PARAMS:
+        raise ValueError(f"unknown baseline {model!r}; choose one of: {', '.join(PARAMS)}")
+    if not grid:
+        raise ValueError(f"{model}: the grid is empty")
+    checked = []
+    for point in grid:
+        try:
+            checked.append(PARAMS[model](**point))
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"{model}.{field} = {first.get('input')!r}: {first['msg']}") from None
+    return checked
+
+
+# ----------------------------------------------------------------------------- matrix models
+def interaction_matrix(inter: Interactions) -> torch.Tensor:
+    """Binary training matrix X [n_users, n_songs] (float32)."""
+    x = torch.zeros(inter.n_users, inter.n_songs)
+    x[inter.train_user.long(), inter.train_song.long()] = 1.0
+    return x
+
+
+def item_item_scores(x: torch.Tensor, weights: torch.Tensor) -> ScoreFn:
+    """score(u) = X[u] @ W: a user's songs vote for the songs similar to them."""
+    return lambda users: x[users] @ weights
+
+
+def itemknn_weights(x: torch.Tensor, neighbours: int, shrink: float) -> torch.Tensor:
+    """W[i, j] = |users(i) & users(j)| / (|users(i)|^0.5 |users(j)|^0.5 + shrink), zero diagonal,
+    only the ``neighbours`` largest entries of each column j kept (the songs most like j)."""
+    co = x.T @ x
+    norm = co.diagonal().sqrt()
+    sim = co / (norm[:, None] * norm[None, :] + shrink).clamp(min=1e-12)
+    sim.fill_diagonal_(0.0)
+    k = min(neighbours, sim.shape[0])
+    top = sim.topk(k, dim=0)
+    return torch.zeros_like(sim).scatter_(0, top.indices, top.values)
+
+
+def rp3beta_weights(x: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """W = (P_iu^alpha @ P_ui^alpha) / pop_j^beta with zero diagonal, where P_ui = X / deg(u)
+    and P_iu = X^T / deg(i) are the row-stochastic transition matrices of the bipartite graph
+    (Paudel et al. 2017)."""
+    user_deg = x.sum(1, keepdim=True).clamp(min=1)
+    item_deg = x.sum(0).clamp(min=1)
+    p_ui = (x / user_deg).pow(alpha)
+    p_iu = (x.T / item_deg[:, None]).pow(alpha)
+    w = p_iu @ p_ui
+    w = w / item_deg.pow(beta)[None, :]
+    w.fill_diagonal_(0.0)
+    return w
+
+
+def ease_weights(x: torch.Tensor, lam: float) -> torch.Tensor:
+    """EASE^R: B = argmin ||X - XB||^2 + lam ||B||^2 with diag(B) = 0, in closed form
+    B = I - P diagMat(1 / diag(P)) with P = (X^T X + lam I)^-1, i.e. B_ij = -P_ij / P_jj."""
+    gram = (x.T @ x).double()
+    gram.diagonal().add_(lam)
+    p = torch.linalg.inv(gram)
+    b = -p / p.diagonal()[None, :]
+    b.fill_diagonal_(0.0)
+    return b.float()
+
+
+def itemknn_scores(inter: Interactions, params: ItemKNNParams) -> ScoreFn:
+    x = interaction_matrix(inter)
+    return item_item_scores(x, itemknn_weights(x, params.neighbours, params.shrink))
+
+
+def rp3beta_scores(inter: Interactions, params: RP3betaParams) -> ScoreFn:
+    x = interaction_matrix(inter)
+    return item_item_scores(x, rp3beta_weights(x, params.alpha, params.beta))
+
+
+def ease_scores(inter: Interactions, params: EASEParams) -> ScoreFn:
+    x = interaction_matrix(inter)
+    return item_item_scores(x, ease_weights(x, params.lam))
+
+
+def ials_scores(inter: Interactions, params: IALSParams, seed: int = 0) -> ScoreFn:
+    """Implicit ALS from the `implicit` package (confidence 1 + alpha on observed pairs)."""
+    import numpy as np
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    rows, cols = inter.train_user.numpy(), inter.train_song.numpy()
+    matrix = sp.csr_matrix((np.full(len(rows), params.alpha, dtype=np.float32), (rows, cols)),
+                           shape=(inter.n_users, inter.n_songs))
+    model = AlternatingLeastSquares(factors=params.factors, regularization=params.regularization,
+                                    alpha=1.0, iterations=params.iterations, random_state=seed,
+                                    num_threads=1, calculate_training_loss=False)
+    model.fit(matrix, show_progress=False)
+    users = torch.from_numpy(np.asarray(model.user_factors)).float()
+    songs = torch.from_numpy(np.asarray(model.item_factors)).float()
+    return lambda batch: users[batch] @ songs.T
+
+
+def popularity_scores(inter: Interactions, params: NoParams | None = None) -> ScoreFn:
+    pop = song_popularity(inter)
+    return lambda users: pop.expand(len(users), -1)
 
 
 def song_popularity(inter: Interactions) -> torch.Tensor:
@@ -28,28 +197,27 @@ def song_popularity(inter: Interactions) -> torch.Tensor:
 def popularity_baseline(inter: Interactions, split: str = "test",
                         ks: Sequence[int] = (10, 20)) -> dict[str, float]:
     """Everyone gets the songs with the most training listeners (minus their own)."""
-    pop = song_popularity(inter)
-    return ranking_metrics(lambda users: pop.expand(len(users), -1), inter, split, ks)
+    return ranking_metrics(popularity_scores(inter), inter, split, ks)
 
 
-def artist_popularity_baseline(inter: Interactions, split: str = "test",
-                               ks: Sequence[int] = (10, 20)) -> dict[str, float]:
+def artist_share_scores(inter: Interactions, params: NoParams | None = None) -> ScoreFn:
     """score(u, s) = share of u's training plays on artist(s) x popularity(s) + a tiny
     popularity term, so songs of artists the user never played are still ordered."""
     pop = song_popularity(inter)
-    plays = inter.train_plays if inter.train_plays is not None else torch.ones(
-        len(inter.train_user))
+    plays = inter.train_plays if inter.train_plays is not None else torch.ones(len(inter.train_user))
     share = torch.zeros(inter.n_users, inter.n_artists)
     share.index_put_((inter.train_user.long(), inter.song_artist[inter.train_song.long()]),
                      plays.float(), accumulate=True)
     share = share / share.sum(dim=1, keepdim=True).clamp(min=1e-12)
     tie_break = 1e-6 * pop / pop.max().clamp(min=1.0)
     song_artist = inter.song_artist.long()
+    return lambda users: share[users][:, song_artist] * pop + tie_break
 
-    def score(users: torch.Tensor) -> torch.Tensor:
-        return share[users][:, song_artist] * pop + tie_break
 
-    return ranking_metrics(score, inter, split, ks)
+def artist_popularity_baseline(inter: Interactions, split: str = "test",
+                               ks: Sequence[int] = (10, 20)) -> dict[str, float]:
+    """:func:`artist_share_scores` evaluated on ``split``."""
+    return ranking_metrics(artist_share_scores(inter), inter, split, ks)
 
 
 def _normalised_adjacency(inter: Interactions) -> torch.Tensor:
@@ -99,7 +267,8 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
     the cores are shared (parallel Ray trials, other jobs) OpenMP spin-waiting made an epoch
     30x slower in our measurements. ``None`` leaves the setting alone.
 
-    Extra keys in the result: ``best_epoch``, ``epochs_run``, ``seconds``. Without validation
+    Extra keys in the result: ``best_epoch``, ``epochs_run``, ``seconds`` and the best
+    model's validation metrics prefixed ``val_``. Without validation
     items (split="none") it trains for ``epochs`` and keeps the last model.
     """
     previous = torch.get_num_threads()
@@ -131,7 +300,7 @@ def _fit_lightgcn(inter, split, embedding_dim, num_layers, epochs, lr, seed, bat
         users_emb, songs_emb = emb[:inter.n_users], emb[inter.n_users:]
         return lambda users: users_emb[users] @ songs_emb.T
 
-    best, best_state, best_epoch, bad, epoch = -1.0, None, 0, 0, 0
+    best, best_state, best_epoch, bad, epoch, best_val = -1.0, None, 0, 0, 0, {}
     for epoch in range(1, epochs + 1):
         _train_epoch(model, opt, adj, inter, keys, gen, batch_size, lambda_reg, draw)
         if not has_val or (epoch % eval_every and epoch != epochs):
@@ -141,7 +310,7 @@ def _fit_lightgcn(inter, split, embedding_dim, num_layers, epochs, lr, seed, bat
         if verbose:
             print(f"epoch {epoch}: val {monitor} {val[monitor]:.4f}")
         if val[monitor] > best:
-            best, best_epoch, bad = val[monitor], epoch, 0
+            best, best_epoch, bad, best_val = val[monitor], epoch, 0, val
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad += 1
@@ -153,6 +322,7 @@ def _fit_lightgcn(inter, split, embedding_dim, num_layers, epochs, lr, seed, bat
         out = ranking_metrics(score_fn_of(model.get_embedding(adj)), inter, split, ks)
     out.update(best_epoch=float(best_epoch if has_val else epoch), epochs_run=float(epoch),
                seconds=time.perf_counter() - start)
+    out.update({f"val_{key}": value for key, value in best_val.items()})
     return out
 
 

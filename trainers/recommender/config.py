@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainers.config import ConfigError, Mode, Schedule, TrainerConfig
 
@@ -27,6 +27,11 @@ class GatSimpleConfig(TrainerConfig):
         default_factory=lambda: ["artist"],
         description="node types with a free vector per node; the others are built from their neighbours")
     eval_ks: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
+    item_prior: Literal["none", "ease"] = Field(
+        "none", description="'ease': add an EASE^R item-item score (closed form on the training matrix) to the "
+                            "GAT's dot product, so the network learns a residual on top of it")
+    prior_lambda: float = Field(300.0, gt=0, le=1e7, description="L2 weight of the EASE^R prior")
+    prior_weight: float = Field(1.0, ge=0, le=1e4, description="weight of the standardised prior in the score")
     # speed (opt-in; CPU behaviour unchanged with both off)
     mixed_precision: bool = Field(False, description="bf16 autocast of the network's forward on CUDA (ignored on "
                                                      "CPU); losses, metrics and optimizer state stay float32")
@@ -34,12 +39,23 @@ class GatSimpleConfig(TrainerConfig):
                                              "iterations compile)")
     # data: a user's events file, or the seeded synthetic generator
     events: Optional[str] = Field(None, description="Parquet/CSV of listening events; None = synthetic")
-    data_dir: str = Field("data_cache", description="where generated data is cached")
+    data_dir: str = Field("data_cache", validate_default=True,
+                          description="where generated data is cached (relative: to the starting directory)")
     n_users: int = Field(1000, ge=10, le=10_000_000)
     n_songs: int = Field(5000, ge=10, le=10_000_000)
     n_artists: int = Field(500, ge=2, le=1_000_000)
     n_days: int = Field(30, ge=1, le=3650)
     data_seed: int = Field(42, ge=0, le=2**31 - 1)
+
+    @field_validator("events", "data_dir")
+    @classmethod
+    def _absolute_path(cls, value: Optional[str]) -> Optional[str]:
+        """Relative paths are read against the directory the command was started from: the
+        config is validated there (in run.py/tune.py) before it travels to the Ray workers,
+        whose working directory is a session folder of Ray's."""
+        if value is None:
+            return None
+        return str(Path(value).expanduser().absolute())
 
     @model_validator(mode="after")
     def _dimensions_fit_heads(self):
@@ -52,7 +68,7 @@ class GatSimpleConfig(TrainerConfig):
     def check_files(self) -> None:
         if self.events is None:
             return
-        from trainers.recommender.data import load_events  # pandas/pyarrow only
+        from trainers.recommender.events import load_events  # pandas/pyarrow only
 
         if not Path(self.events).exists():
             raise ConfigError(f"events = {self.events!r}: file does not exist")
@@ -70,3 +86,19 @@ class GatAdvancedConfig(GatSimpleConfig):
     schedule: Schedule = "plateau"
     val_frac: float = Field(0.15, gt=0, lt=0.5)
     test_frac: float = Field(0.15, gt=0, lt=0.5)
+    item_prior: Literal["none", "ease"] = "ease"
+    prior_weight: float = Field(10.0, ge=0, le=1e4, description="weight of the standardised prior in the score")
+    refit: bool = Field(False, description="serving protocol: validation songs join the training set and the model "
+                                           "trains for exactly max_iterations (the count selected on validation "
+                                           "before), with no early stopping; test metrics at the end")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refit_trains_a_fixed_count(cls, data):
+        if isinstance(data, dict) and data.get("refit"):
+            # nothing is left to validate on: the last iteration is the model, and a plateau
+            # schedule (which reads validation) has nothing to read
+            data = {**data, "metric": "iterations_trained", "mode": "max", "patience": 0}
+            if data.get("schedule", "plateau") == "plateau":
+                data["schedule"], data["schedule_kwargs"] = "none", {}
+        return data

@@ -21,10 +21,17 @@ from trainers.base import Trainer, make_scheduler
 from trainers.context import LocalContext
 from trainers.precision import autocast, uses_amp
 from trainers.recommender.config import GatAdvancedConfig, GatSimpleConfig
-from trainers.recommender.data import (build_graph, build_interactions, ensure_synthetic_dataset, load_events,
-                                       sample_negatives, training_keys)
+from trainers.recommender.data import (LISTENED_BY, LISTENS, build_graph, build_interactions, sample_negatives,
+                                       training_keys)
+from trainers.recommender.events import load_events
+from trainers.recommender.synthetic import ensure_synthetic_dataset
+from trainers.recommender.baselines import ease_weights, interaction_matrix
 from trainers.recommender.metrics import ranking_metrics, recall_ndcg_at_k
-from trainers.recommender.model import FOLLOWED_BY, FOLLOWS, LISTENED_BY, LISTENS, GATRecommender
+from trainers.recommender.model import GATRecommender
+
+
+# the EASE^R prior holds a dense n_songs x n_songs matrix (20k songs: 1.6 GB in float32)
+MAX_PRIOR_SONGS = 20_000
 
 
 def load_config_events(config: GatSimpleConfig):
@@ -46,14 +53,16 @@ class GatTrainer(Trainer):
         events = load_config_events(config)
         val_frac = getattr(config, "val_frac", 0.0)
         test_frac = getattr(config, "test_frac", 0.0)
-        self.data = build_interactions(events, val_frac, test_frac, split=self.split)
-        graph = add_artist_following(build_graph(self.data), self.data).to(self.device)
+        self.data = build_interactions(events, val_frac, test_frac, split=self.split,
+                                       refit=getattr(config, "refit", False))
+        self.prior = self.item_prior().to(self.device) if config.item_prior != "none" else None
+        graph = build_graph(self.data).to(self.device)
         self.edge_index, self.edge_attr = graph.edge_index_dict, graph.edge_attr_dict
         self.train_keys = training_keys(self.data)
         self.network = GATRecommender(
             {"user": self.data.n_users, "song": self.data.n_songs, "artist": self.data.n_artists},
             config.embedding_dim, config.heads, config.num_layers, config.dropout, config.conv,
-            tuple(config.id_embeddings),
+            tuple(config.id_embeddings), residual_gate=self.prior is not None,
         ).to(self.device)
         self.model = self.context.prepare_model(self.network)
         self.use_amp = uses_amp(config.mixed_precision, self.device)
@@ -62,6 +71,19 @@ class GatTrainer(Trainer):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = make_scheduler(self.optimizer, config.schedule, config.max_iterations,
                                         **config.schedule_kwargs)
+
+    def item_prior(self) -> torch.Tensor:
+        """EASE^R scores of every (user, song) from the training matrix, divided by their standard
+        deviation so that `prior_weight` means the same on every data set. A linear item-item
+        model is what the GAT's dot product finds hardest to learn from a few thousand edges;
+        given as a fixed term, the network learns what it misses (taste that propagates through
+        artists and neighbours) instead of relearning it."""
+        if self.data.n_songs > MAX_PRIOR_SONGS:
+            raise ValueError(f"item_prior = 'ease' inverts an n_songs x n_songs matrix; {self.data.n_songs} songs "
+                             f"exceed {MAX_PRIOR_SONGS}: use item_prior = 'none'")
+        x = interaction_matrix(self.data)
+        scores = x @ ease_weights(x, self.config.prior_lambda)
+        return self.config.prior_weight * scores / scores.std().clamp(min=1e-12)
 
     # ----- hooks with the recommender's own names -----------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
@@ -104,8 +126,8 @@ class GatTrainer(Trainer):
         """The graph without the listening edges this batch is trained on.
 
         Otherwise a user's representation already contains the very song it must score, and
-        attention learns to spot the edge instead of the taste (held-out songs are never in the
-        graph): training loss falls, test recall does not.
+        attention learns to spot the edge instead of the taste; held-out songs are never in the
+        graph, so that skill would not carry over to them.
         """
         keep = torch.ones(len(self.data.train_user), dtype=torch.bool, device=self.device)
         keep[supervised.to(self.device)] = False
@@ -124,6 +146,8 @@ class GatTrainer(Trainer):
         user_vectors = embeddings["user"][users]
         margin = (GATRecommender.score(user_vectors, embeddings["song"][positives])
                   - GATRecommender.score(user_vectors, embeddings["song"][negatives]))
+        if self.prior is not None:
+            margin = margin + self.prior[users, positives] - self.prior[users, negatives]
         ranking = -F.logsigmoid(margin).mean()
         # L2 on the vectors that scored this batch (as in BPR / LightGCN)
         penalty = (user_vectors.pow(2).sum() + embeddings["song"][positives].pow(2).sum()
@@ -156,7 +180,10 @@ class GatTrainer(Trainer):
 
     def score_function(self):
         embeddings = self.embeddings()
-        return lambda users: embeddings["user"][users] @ embeddings["song"].T
+        prior = self.prior.cpu() if self.prior is not None else None
+        if prior is None:
+            return lambda users: embeddings["user"][users] @ embeddings["song"].T
+        return lambda users: embeddings["user"][users] @ embeddings["song"].T + prior[users]
 
 
 class GatSimpleTrainer(GatTrainer):
@@ -177,6 +204,8 @@ class GatAdvancedTrainer(GatTrainer):
     split = "temporal"
 
     def evaluate(self) -> dict[str, float]:
+        if self.config.refit:  # no validation songs left: the count of iterations is the schedule
+            return {"iterations_trained": float(self.iteration + 1)}
         metrics = ranking_metrics(self.score_function(), self.data, split="val", ks=tuple(self.config.eval_ks))
         return {f"val_{key}": value for key, value in metrics.items()}
 
@@ -196,30 +225,6 @@ class CurriculumTrainer(GatAdvancedTrainer):
     def training_edge_ids(self) -> torch.Tensor:
         by_weight = torch.argsort(self.data.train_attr[:, 0], descending=True, stable=True)
         return by_weight[: max(1, int(len(by_weight) * getattr(self, "edge_fraction", 1.0)))]
-
-
-def add_artist_following(graph, data):
-    """User -> artist edges aggregated from the TRAINING edges (no leakage): how many of the
-    artist's songs the user played and the artist's share of the user's plays. Listening is
-    organised by artist, and one hop makes that visible to the attention."""
-    artist = data.song_artist[data.train_song]
-    plays = data.train_plays if data.train_plays is not None else torch.ones(len(artist))
-    keys = data.train_user * data.n_artists + artist
-    pairs, inverse = torch.unique(keys, return_inverse=True)
-    songs = torch.zeros(len(pairs)).index_add_(0, inverse, torch.ones(len(keys)))
-    played = torch.zeros(len(pairs)).index_add_(0, inverse, plays.float())
-    user, followed = pairs // data.n_artists, pairs % data.n_artists
-    user_total = torch.zeros(data.n_users).index_add_(0, user, played)
-    attributes = torch.stack([standardise(torch.log1p(songs)), standardise(played / user_total[user])], 1)
-    edge_index = torch.stack([user, followed])
-    graph[FOLLOWS].edge_index, graph[FOLLOWS].edge_attr = edge_index, attributes
-    graph[FOLLOWED_BY].edge_index, graph[FOLLOWED_BY].edge_attr = edge_index.flip(0), attributes
-    return graph
-
-
-def standardise(values: torch.Tensor) -> torch.Tensor:
-    spread = values.std() if values.numel() > 1 else torch.tensor(0.0)
-    return (values - values.mean()) / (spread if spread > 0 else 1.0)
 
 
 def in_sample_metrics(score_fn, data, ks: list[int]) -> dict[str, float]:
