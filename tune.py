@@ -109,6 +109,21 @@ def write_outputs(result_grid, experiment_dir: Path, metric: str) -> dict[str, P
     return {"trials (CSV)": csv_path, "trials (Parquet)": parquet_path, "metric plot": plot_path}
 
 
+def copy_best_reconstruction(best, experiment_dir: Path) -> dict[str, Path]:
+    """Imaging: the best trial's reconstruction files, copied next to trials.csv (an inline
+    trial writes them in its trial folder, a train trial in its run under train_runs/)."""
+    import shutil
+
+    trial_id = (best.metrics or {}).get("trial_id", "")
+    for source in (Path(best.path) / "reconstruction",
+                   experiment_dir / "train_runs" / f"train-trial_id={trial_id}" / "reconstruction"):
+        if source.is_dir():
+            target = experiment_dir / "best_reconstruction"
+            shutil.copytree(source, target, dirs_exist_ok=True)
+            return {"best reconstruction": target}
+    return {}
+
+
 def trial_table(result_grid):
     """One row per trial, errored ones too (ResultGrid.get_dataframe can drop them): its last
     metrics, its config as config/KEY, and how it ended: TERMINATED, or ERROR with the reason
@@ -264,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:
         best = None
     if best is not None:
+        outputs.update(copy_best_reconstruction(best, experiment_dir))
         print_best(best, config.metric, outputs, seconds, counts)
     if counts.get("UNFINISHED"):  # Ctrl-C: Tune saved its state and returned early
         return fail(f"search interrupted with {counts['UNFINISHED']} trial(s) unfinished; finish it with: "
