@@ -21,10 +21,10 @@ from trainers.imaging.prism_config import PrismConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-MOPIE = dict(obj_size=64, image_size=128, n_samples=61, sample_diameter=21.0, max_iterations=8, patience=2,
+MOPIE = dict(obj_size=64, image_size=128, n_samples=61, sample_diameter=21.0, max_iterations=8, patience=2, min_delta=5e-4,
              lr=1.5, momentum=0.7)
-PRISM = dict(obj_size=32, image_size=64, n_samples=12, sample_diameter=11.0, decoder_width=16,
-             steps_per_sample=20, init_steps=50, patience=3)
+PRISM = dict(obj_size=32, image_size=64, n_samples=8, sample_diameter=11.0, decoder_width=8,
+             steps_per_sample=10, init_steps=30, patience=2, validation_fraction=0.25, max_iterations=9)
 
 
 def wrong_truth(monkeypatch, module):
@@ -84,7 +84,7 @@ def test_a_retry_that_lowers_the_validation_error_is_kept():
     """Every sample fails (an unreachable threshold, a short budget); each retry continues from
     the current state with the failed aperture emphasised: it lowers that aperture's own error
     and is kept only when the validation error falls, and `recovered` counts exactly those."""
-    trainer = PrismTrainer(PrismConfig(**{**PRISM, "patience": 0, "loss_threshold": 1e-6, "steps_per_sample": 10,
+    trainer = PrismTrainer(PrismConfig(**{**PRISM, "n_samples": 6, "patience": 0, "loss_threshold": 1e-6,
                                           "max_cycles": 1, "escalation": "none"}), LocalContext("prism"))
     result = trainer.fit()
     retries = [row for row in result.history if row["retry"]]
@@ -110,10 +110,10 @@ def test_a_retry_that_raises_the_validation_error_is_undone(monkeypatch):
                 parameter.add_(torch.randn_like(parameter))
         return out
     monkeypatch.setattr(trainer, "_fit", harmful)
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
     row = trainer.run_iteration()[0]
     assert row["retry"] == 1 and row["retry_kept"] == 0 and row["retry_val_after"] > row["retry_val_before"]
-    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.named_parameters())
     assert trainer.recovered == []
 
 
