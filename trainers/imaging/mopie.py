@@ -43,6 +43,7 @@ class MopieTrainer(ImagingTrainer):
         # start from the sample nearest DC: its amplitude is a low-passed object
         nearest = int(self.positions.mean(dim=1).norm(dim=1).argmin())
         self.engine.initialise(images[nearest].clamp_min(0).sqrt())
+        self.initial_guess = self.engine.reconstruction()  # what a comparison starts other engines from
         experiment.images = None  # the engine holds the frames; the full-grid images are not needed again
         # no gradients here: a placeholder optimiser carries alpha so the shared schedules drive it
         self.alpha_holder = torch.nn.Parameter(torch.zeros(()))

@@ -337,6 +337,30 @@ class PrismTrainer(ImagingTrainer):
         self.init_loss = loss_value
         self.initialised = True
 
+    def _choose_start(self) -> None:
+        """`restarts` decoders (the first, then fresh seeded ones), each initialised and fitted to
+        the first `restart_samples` fitted apertures in order; the one with the lowest val_loss is
+        kept (decoder and optimiser), and the progressive phase starts from it at sample 0."""
+        config = self.config
+        best: tuple[float, Any] | None = None
+        for restart in range(config.restarts):
+            if restart:
+                torch.manual_seed(config.seed * 7919 + restart)
+                fresh = ProgressiveDecoder(self.obj_size, config.image_size, config.decoder_width,
+                                           config.decoder_depth, config.output_activation)
+                self.model.load_state_dict(fresh.state_dict())
+                self.optimizer.state.clear()
+                self._initialise()
+            for count in range(1, min(config.restart_samples, self.n_total) + 1):
+                self._fit(self.train_ids[:count], config.lr, config.loss)
+            self.sample_index = min(config.restart_samples, self.n_total)  # what validation_error sees
+            value = self.validation_error()
+            self.sample_index = 0
+            if best is None or value < best[0]:
+                best = (value, state_copy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}))
+        self.model.load_state_dict(best[1]["model"])
+        self.optimizer.load_state_dict(best[1]["optimizer"])
+
     def _fit(self, ids: torch.Tensor, lr: float, loss_name: str,
              weights: torch.Tensor | None = None) -> dict[str, float]:
         """Fit the decoder to the measurements `ids` (frame weights `weights`, default equal); the
@@ -465,6 +489,8 @@ class PrismTrainer(ImagingTrainer):
         config = self.config
         if not self.initialised:
             self._initialise()
+            if config.restarts > 1:
+                self._choose_start()
         extra: dict[str, float] = {}
         if self.sample_index < self.n_total:
             sample = int(self.train_ids[self.sample_index])

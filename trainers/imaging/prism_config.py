@@ -55,6 +55,10 @@ class PrismConfig(ImagingConfig):
         "lr_boost", description="once per sample, on a plateau or after the first cycle: lr x escalation_factor "
                                 "(warm_restarts: and cosine warm restarts from there)")
     escalation_factor: float = Field(2.0, ge=1, le=100, description="lr multiplier of the escalation")
+    # restarts chosen by the validation error
+    restarts: int = Field(1, ge=1, le=16, description="decoders tried from fresh seeds at the start; the one with the "
+                                                      "lowest val_loss after restart_samples samples goes on")
+    restart_samples: int = Field(6, ge=1, le=100_000, description="samples each restart is fitted to before choosing")
     # retry of failed samples at the end
     retry: bool = Field(True, description="refit failed samples after the last one, one per iteration")
     retry_lr_factor: float = Field(0.5, gt=0, le=1, description="lr multiplier of a retry")
