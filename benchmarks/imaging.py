@@ -279,7 +279,7 @@ def ptylab_frame_sizes(trainer) -> list[int]:
     """PtyLab gets the very frames our engine uses (the same arrays), and frames of >= 2d + 2 px,
     which hold every sample of the intensity (the spec's recipe for PtyLab: with fewer it needed
     more iterations). Its rows are compared at their best over both."""
-    from trainers.imaging.mopie import auto_frame_size
+    from trainers.imaging.frames import auto_frame_size
 
     config = trainer.config
     full = auto_frame_size(config.image_size, config.sample_diameter, full_band=True)

@@ -91,6 +91,8 @@ def test_run_mopie_writes_its_outputs(ray_session, tmp_path, workers):
     assert summary["workers"] == workers and summary["metrics"]["final_test_ssim"] > 0.9
     for figure in ("reconstruction", "coverage", "learning_curves"):
         assert (run_dir / "figures" / f"{figure}.png").stat().st_size > 1000
+    for name in ("reconstruction.npy", "reconstruction_last.npy", "reconstruction_amplitude.png", "quality.csv"):
+        assert (run_dir / "reconstruction" / name).is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -102,6 +104,8 @@ def test_tune_mopie_two_trials(ray_session, tmp_path):
     table = pd.read_csv(tmp_path / "mopie-search" / "trials.csv")
     assert len(table) == 2 and (table["status"] == "TERMINATED").all()
     assert table["test_ssim"].between(0.5, 1.0).all()
+    # the best trial's reconstruction, as data, next to trials.csv
+    assert (tmp_path / "mopie-search" / "best_reconstruction" / "reconstruction.npy").is_file()
 
 
 def test_a_diverging_trial_ends_with_its_reason_and_the_search_goes_on(ray_session, tmp_path):
