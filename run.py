@@ -97,6 +97,9 @@ def print_summary(result, run_dir: Path, seconds: float, metric: str) -> None:
         table.add_row("best checkpoints", ", ".join(Path(c.path).name for c, _ in best))
     table.add_row("TensorBoard", f"tensorboard --logdir {run_dir / 'tensorboard'}")
     table.add_row("figures", str(run_dir / "figures"))
+    reconstruction = run_dir / "reconstruction"  # imaging: the reconstruction as data
+    if reconstruction.is_dir():
+        table.add_row("reconstruction", f"{reconstruction}: " + ", ".join(sorted(p.name for p in reconstruction.iterdir())))
     Console(width=140).print(table)
 
 

@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         reuse_actors=plan.mode == "inline" and not args.wandb))
     grid = tuner.fit()
     seconds = time.perf_counter() - started
-    from distributed.results import best_result, write_outputs
+    from distributed.results import best_result, copy_best_reconstruction, write_outputs
 
     # a resumed search keeps the trial count it started with, whatever --num-samples says now
     counts = trial_counts(grid, expected=0 if args.resume else total)
@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         finish_mlflow_runs(mlflow, grid)
     best = best_result(grid, config.metric, config.mode)
     if best is not None:
+        outputs.update(copy_best_reconstruction(best, experiment_dir))
         print_best(best, config.metric, outputs, seconds, counts)
     if counts.get("UNFINISHED"):  # Ctrl-C: Tune saved its state and returned early
         return fail(f"search interrupted with {counts['UNFINISHED']} trial(s) unfinished; finish it with: "

@@ -271,7 +271,7 @@ def fft_floor(device: str) -> list[dict]:
     batched FFT (the hardware's best), at the frame size mopie uses and at the full grid."""
     import torch
 
-    from trainers.imaging.mopie import auto_frame_size
+    from trainers.imaging.frames import auto_frame_size
 
     rows = []
     for case in ("mopie-256", "mopie-1024"):

@@ -87,8 +87,9 @@ class Curve:
 
     def add(self, seconds: float, metrics: dict[str, float]) -> None:
         self.seconds.append(seconds)
-        self.ssim.append(float(metrics["ssim"]))
-        self.psnr.append(float(metrics["psnr"]))
+        # a trainer's evaluate() reports test_*, PtyLab's rows (metrics_of) the plain names
+        self.ssim.append(float(metrics.get("test_ssim", metrics.get("ssim"))))
+        self.psnr.append(float(metrics.get("test_psnr", metrics.get("psnr"))))
 
     def time_to(self, target: float) -> dict | None:
         """First iteration whose SSIM >= target, and the seconds at its end; None if never."""
@@ -155,7 +156,7 @@ def run_trainer(trainer, iterations: int) -> Curve:
 
     trainer.evaluate = timed_evaluate
     reconstruction = trainer.engine.reconstruction() if trainer.algorithm == "mopie" else trainer.reconstruction()
-    curve = Curve(init=image_metrics(reconstruction, trainer.truth, trainer.obj_size))
+    curve = Curve(init=image_metrics(reconstruction, trainer.experiment.truth, trainer.obj_size))
     total = 0.0
     for _ in range(iterations):
         started = time.perf_counter()
@@ -238,7 +239,7 @@ def fine_run(trainer) -> Curve:
     from trainers.imaging.metrics import image_metrics
 
     engine, update, evaluate = trainer.engine, trainer.engine.update, trainer.evaluate
-    curve = Curve(init=image_metrics(engine.reconstruction(), trainer.truth, trainer.obj_size))
+    curve = Curve(init=image_metrics(engine.reconstruction(), trainer.experiment.truth, trainer.obj_size))
     excluded, started = [0.0], [0.0]
 
     def check(measure):
@@ -250,7 +251,7 @@ def fine_run(trainer) -> Curve:
 
     def observed_update(ids, alpha, beta):
         error = update(ids, alpha, beta)
-        check(lambda: image_metrics(engine.reconstruction(), trainer.truth, trainer.obj_size))
+        check(lambda: image_metrics(engine.reconstruction(), trainer.experiment.truth, trainer.obj_size))
         return error
 
     engine.update, trainer.evaluate = observed_update, lambda: check(evaluate)
@@ -278,7 +279,7 @@ def ptylab_frame_sizes(trainer) -> list[int]:
     """PtyLab gets the very frames our engine uses (the same arrays), and frames of >= 2d + 2 px,
     which hold every sample of the intensity (the spec's recipe for PtyLab: with fewer it needed
     more iterations). Its rows are compared at their best over both."""
-    from trainers.imaging.mopie import auto_frame_size
+    from trainers.imaging.frames import auto_frame_size
 
     config = trainer.config
     full = auto_frame_size(config.image_size, config.sample_diameter, full_band=True)

@@ -72,6 +72,7 @@ class Problem:
     obj_size: int
     truth: torch.Tensor         # (N, N) ground-truth amplitude, padded
     ceiling: float              # band-limited reference SSIM
+    initial: torch.Tensor | None = None  # mopie's initial object (N x N): PtyLab starts from it too
 
     @classmethod
     def from_trainer(cls, trainer) -> "Problem":
@@ -79,7 +80,8 @@ class Problem:
         if trainer.positions.shape[1] != 1:
             raise ValueError("PtyLab gets point samples only (no line/motion samples)")
         return cls(trainer.engine.frames.cpu(), trainer.positions[:, 0].cpu(), config.sample_diameter,
-                   config.image_size, trainer.obj_size, trainer.truth.cpu(), trainer.ceiling)
+                   config.image_size, trainer.obj_size, trainer.experiment.truth.cpu(), trainer.ceiling,
+                   trainer.initial_guess.cpu())
 
 
 def build(problem: Problem, engine: str, seed: int = 0, **engine_params):
@@ -112,6 +114,9 @@ def build(problem: Problem, engine: str, seed: int = 0, **engine_params):
     reconstruction = Reconstruction(data, params)
     reconstruction.No = padded   # by hand: else it builds a grid from the LED range
     reconstruction.initializeObjectProbe()
+    if problem.initial is not None:  # the same start as mopie: its initial object's spectrum, padded
+        pad = (padded - problem.grid) // 2
+        reconstruction.object[...] = np.pad(fw.to_spectrum(problem.initial).numpy(), pad)
     # the exact binary disc: centred in the frame like our discs (offset 0), amplitude 1
     disc = fw.pupil_masks(torch.zeros(2), problem.diameter, frame).numpy()
     reconstruction.probe = (reconstruction.probe * 0 + disc).astype(np.complex64)

@@ -80,6 +80,22 @@ def write_outputs(result_grid, experiment_dir: Path, metric: str) -> dict[str, P
     return {"trials (CSV)": csv_path, "trials (Parquet)": parquet_path, "metric plot": plot_path}
 
 
+def copy_best_reconstruction(best, experiment_dir: Path) -> dict[str, Path]:
+    """The best trial's `reconstruction/` folder (written by algorithms that produce one),
+    copied next to trials.csv: an inline trial writes it in its trial folder, a train trial in
+    its run under train_runs/."""
+    import shutil
+
+    trial_id = (best.metrics or {}).get("trial_id", "")
+    for source in (Path(best.path) / "reconstruction",
+                   experiment_dir / "train_runs" / f"train-trial_id={trial_id}" / "reconstruction"):
+        if source.is_dir():
+            target = experiment_dir / "best_reconstruction"
+            shutil.copytree(source, target, dirs_exist_ok=True)
+            return {"best reconstruction": target}
+    return {}
+
+
 def best_result(grid, metric: str, mode: str):
     """The best trial over all its iterations, or None when no trial reported the metric."""
     try:

@@ -1,4 +1,5 @@
-"""Search space of `mopie`: metric is SSIM vs the ground truth (mode max).
+"""Search space of `mopie`: metric `residual` (mode min), the relative L1 misfit of every measured
+intensity, the same measure in every trial (a data measure: the truth's test_ssim is only reported).
 
 `lr` is the object step alpha (the schedule drives it); `beta` acts only with learn_probe.
 An epoch of the default problem (moon 128 px in a 256 grid, 193 apertures of 41 px) takes

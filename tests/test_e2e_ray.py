@@ -86,11 +86,13 @@ def test_run_mopie_writes_its_outputs(ray_session, tmp_path, workers):
     payload = latest_checkpoint_state(run_dir)
     assert payload["algorithm"] == "mopie" and payload["iteration"] == 6
     best = payload["trainer"]["best_metrics"]
-    assert best["ssim"] > 0.9 and best["ssim"] > best["ceiling_ssim"] - 0.01
+    assert best["test_ssim"] > 0.9 and best["test_ssim"] > best["ceiling_ssim"] - 0.01
     summary = json.loads((run_dir / "summary.json").read_text())  # what scripts read
-    assert summary["workers"] == workers and summary["metrics"]["final_ssim"] > 0.9
+    assert summary["workers"] == workers and summary["metrics"]["final_test_ssim"] > 0.9
     for figure in ("reconstruction", "coverage", "learning_curves"):
         assert (run_dir / "figures" / f"{figure}.png").stat().st_size > 1000
+    for name in ("reconstruction.npy", "reconstruction_last.npy", "reconstruction_amplitude.png", "quality.csv"):
+        assert (run_dir / "reconstruction" / name).is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -101,7 +103,9 @@ def test_tune_mopie_two_trials(ray_session, tmp_path):
     assert code == 0
     table = pd.read_csv(tmp_path / "mopie-search" / "trials.csv")
     assert len(table) == 2 and (table["status"] == "TERMINATED").all()
-    assert table["ssim"].between(0.5, 1.0).all()
+    assert table["test_ssim"].between(0.5, 1.0).all()
+    # the best trial's reconstruction, as data, next to trials.csv
+    assert (tmp_path / "mopie-search" / "best_reconstruction" / "reconstruction.npy").is_file()
 
 
 def test_a_diverging_trial_ends_with_its_reason_and_the_search_goes_on(ray_session, tmp_path):
@@ -117,4 +121,4 @@ def test_a_diverging_trial_ends_with_its_reason_and_the_search_goes_on(ray_sessi
     table = pd.read_csv(tmp_path / "nan-search" / "trials.csv").sort_values("config/momentum")
     assert list(table["status"]) == ["TERMINATED", "ERROR"]
     assert "DivergedError" in table["error"].iloc[1] and "diverged at iteration" in table["error"].iloc[1]
-    assert table["ssim"].iloc[0] > 0.9
+    assert table["test_ssim"].iloc[0] > 0.9

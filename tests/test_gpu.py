@@ -68,4 +68,4 @@ def test_prism_graphs_reach_the_eager_result():
     graphed, eager = _prism(True, 1)[0], _prism(False, 1)[0]
     assert graphed["init_loss"] == pytest.approx(eager["init_loss"], abs=0.01)
     assert graphed["loss"] == pytest.approx(eager["loss"], rel=0.25)
-    assert _prism(True, 4)[-1]["ssim"] > 0.6
+    assert _prism(True, 4)[-1]["test_ssim"] > 0.6

@@ -8,7 +8,10 @@ import torch
 from trainers.config import ConfigError, build_config
 from trainers.context import LocalContext
 from trainers.imaging import forward as fw
-from trainers.imaging.mopie import MopieEngine, MopieTrainer, auto_frame_size, sample_positions, to_frames
+from trainers.imaging.engine import MopieEngine
+from trainers.imaging.experiment import sample_positions
+from trainers.imaging.frames import auto_frame_size, to_frames
+from trainers.imaging.mopie import MopieTrainer
 from trainers.imaging.mopie_config import MopieConfig
 from trainers.registry import get_algorithm
 
@@ -129,21 +132,21 @@ def test_auto_frame_size():
 
 def test_constrain_every_acts():
     rare, often = run(make(constrain_every=0), 2), run(make(constrain_every=1), 2)
-    assert rare[-1]["ssim"] != often[-1]["ssim"]
+    assert rare[-1]["test_ssim"] != often[-1]["test_ssim"]
 
 
 def test_converges_near_the_band_limited_ceiling():
     trainer = make(5)
     history = run(trainer, 5)
     assert history[-1]["loss"] < 0.01 * history[0]["loss"]
-    assert history[-1]["ssim"] >= trainer.ceiling - CEILING_MARGIN, (history[-1]["ssim"], trainer.ceiling)
+    assert history[-1]["test_ssim"] >= trainer.ceiling - CEILING_MARGIN, (history[-1]["test_ssim"], trainer.ceiling)
     assert history[-1]["ceiling_ssim"] == pytest.approx(trainer.ceiling)
-    assert {"ssim", "psnr", "rmse"} <= set(history[-1])
+    assert {"test_ssim", "test_psnr", "test_rmse", "residual"} <= set(history[-1])
 
 
 def test_alpha_and_beta_act():
     full, half = make(lr=1.0), make(lr=0.4)
-    assert run(full, 2)[-1]["ssim"] != run(half, 2)[-1]["ssim"]
+    assert run(full, 2)[-1]["test_ssim"] != run(half, 2)[-1]["test_ssim"]
     assert not torch.allclose(full.engine.spectrum, half.engine.spectrum)
     probes = {}
     for beta in (0.0, 0.3, 1.0):
@@ -161,8 +164,8 @@ def test_momentum_changes_the_trajectory_and_helps():
     0.5 also gives the higher SSIM after 10 epochs.)"""
     plain, mpie = run(make(momentum=0.0), 5), run(make(momentum=0.5), 5)
     # once per epoch, the first interval only sets the anchor: the paths part after epoch 2
-    assert plain[0]["ssim"] == mpie[0]["ssim"] and plain[1]["ssim"] != mpie[1]["ssim"]
-    assert mpie[-1]["psnr"] > plain[-1]["psnr"] + 1.0
+    assert plain[0]["test_ssim"] == mpie[0]["test_ssim"] and plain[1]["test_ssim"] != mpie[1]["test_ssim"]
+    assert mpie[-1]["test_psnr"] > plain[-1]["test_psnr"] + 1.0
 
 
 def test_resume_is_exact(tmp_path):
@@ -178,7 +181,7 @@ def test_resume_is_exact(tmp_path):
         make(context=LocalContext("mopie", tmp_path), cls=Interrupted, **settings).fit()
     resumed_trainer = make(context=LocalContext("mopie", tmp_path), **settings)
     resumed = resumed_trainer.fit()
-    keys = ("loss", "ssim", "psnr", "rmse", "lr", "alpha")
+    keys = ("loss", "residual", "test_ssim", "test_psnr", "test_rmse", "lr", "alpha")
     assert len(resumed.history) == len(straight.history) == 5
     for a, b in zip(straight.history, resumed.history):
         assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
@@ -197,7 +200,7 @@ def test_schedule_drives_alpha():
 
 def test_config_alias_and_registry():
     assert MopieConfig(alpha=0.7).lr == 0.7
-    assert get_algorithm("mopie").metric == "ssim" and get_algorithm("mopie").mode == "max"
+    assert get_algorithm("mopie").metric == "residual" and get_algorithm("mopie").mode == "min"
     assert get_algorithm("mopie").trainer_class() is MopieTrainer
 
 

@@ -46,9 +46,9 @@ def test_decoder_output_sits_in_the_object_window():
 def test_learns():
     trainer = make(**LEARN)
     result = trainer.fit()
-    ssims = [m["ssim"] for m in result.history]
+    ssims = [m["test_ssim"] for m in result.history]
     assert ssims[-1] > ssims[0] + 0.1, ssims
-    assert result.final_metrics["final_ssim"] >= trainer.ceiling - CEILING_MARGIN, \
+    assert result.final_metrics["final_test_ssim"] >= trainer.ceiling - CEILING_MARGIN, \
         (result.final_metrics, trainer.ceiling)
     assert result.iterations >= LEARN["n_samples"]  # every sample was used (patience 0)
     assert result.history[-1]["coverage"] > result.history[0]["coverage"]
@@ -96,7 +96,7 @@ def test_resume_is_exact(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         make(context=LocalContext("prism", tmp_path), cls=Interrupted, **settings).fit()
     resumed = make(context=LocalContext("prism", tmp_path), **settings).fit()
-    keys = ("loss", "steps", "ssim", "psnr", "failed", "retry", "sample", "lr", "coverage")
+    keys = ("loss", "steps", "val_loss", "test_ssim", "test_psnr", "failed", "retry", "sample", "lr", "coverage")
     assert len(resumed.history) == len(straight.history) >= 5  # measured: 2 failed, 2 retries
     assert any(m["retry"] for m in straight.history)
     for a, b in zip(straight.history, resumed.history):
@@ -118,8 +118,8 @@ def test_schedule_and_loss_options_act():
     assert results["plateau"]["lr"] < PrismConfig().lr
     assert results["cosine"]["lr"] < 1e-4  # annealed to ~0 over the sample's 30 steps
     assert results["cosine_warm_restarts"]["lr"] != pytest.approx(PrismConfig().lr)
-    assert len({round(m["ssim"], 6) for m in results.values()}) == 4
-    losses = {name: run(make(loss=name, **fixed), 2)[-1]["ssim"] for name in ("l1", "l2", "ssim")}
+    assert len({round(m["test_ssim"], 6) for m in results.values()}) == 4
+    losses = {name: run(make(loss=name, **fixed), 2)[-1]["test_ssim"] for name in ("l1", "l2", "ssim")}
     assert len({round(v, 6) for v in losses.values()}) == 3
     targets = {t: make(init_target=t, n_samples=4).init_target for t in ("circle", "measurement", "synthetic_aperture")}
     assert not torch.allclose(targets["circle"], targets["measurement"])
@@ -128,7 +128,7 @@ def test_schedule_and_loss_options_act():
 
 def test_registry():
     spec = get_algorithm("prism")
-    assert spec.metric == "ssim" and spec.mode == "max" and spec.trainer_class() is PrismTrainer
+    assert spec.metric == "val_loss" and spec.mode == "min" and spec.trainer_class() is PrismTrainer
 
 
 @pytest.mark.parametrize("values, field", [

@@ -15,9 +15,17 @@ from trainers.imaging.choices import BUILTIN_IMAGES, IMAGE_SUFFIXES, PATTERN_FIL
 PHYSICAL_KEYS = ("wavelength", "distance", "object_diameter", "dxf")
 
 
+# metrics computed against the ground truth of a simulation: reported, never a selection metric
+TRUTH_METRICS = ("ssim", "psnr", "rmse", "ceiling_ssim", "coverage_ceiling_ssim")
+
+
 class ImagingConfig(TrainerConfig):
-    metric: str = "ssim"
-    mode: Mode = "max"
+    # the engines set a data measure as their metric (early stopping, best state, checkpoints, Tune)
+    metric: str = "residual"
+    mode: Mode = "min"
+    measurements: Optional[str] = Field(None, min_length=1,
+                                        description="PtyLab Fourier-ptychography HDF5 file of measured intensities "
+                                                    "(.hdf5/.h5); None = simulate them from `image`")
     # object and grid
     image: str = Field("moon", min_length=1, description="moon, hubble_deep_field, or a PNG/JPEG/TIFF/NPY path")
     obj_size: int = Field(128, ge=16, le=4096, description="object side in px (derived in physical mode)")
@@ -49,6 +57,21 @@ class ImagingConfig(TrainerConfig):
     def _image_name_or_file(cls, value: str) -> str:
         if value not in BUILTIN_IMAGES and Path(value).suffix.lower() not in IMAGE_SUFFIXES:
             raise ValueError(f"must be one of {', '.join(BUILTIN_IMAGES)} or a {'/'.join(IMAGE_SUFFIXES)} file")
+        return value
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_from_data(cls, value: str) -> str:
+        if value.startswith(("test_", "final_test_")) or value in TRUTH_METRICS:
+            raise ValueError(f"{value!r} reads the ground truth, which measured data do not have; select by a "
+                             "data measure (residual; prism also val_loss)")
+        return value
+
+    @field_validator("measurements")
+    @classmethod
+    def _hdf5(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and Path(value).suffix.lower() not in (".hdf5", ".h5"):
+            raise ValueError("must be a PtyLab .hdf5 / .h5 file")
         return value
 
     @field_validator("pattern")
@@ -95,6 +118,14 @@ class ImagingConfig(TrainerConfig):
         return self.image_size / 2 - self.sample_diameter / 2 - 1 - self.sample_length / 2
 
     def check_files(self) -> None:
+        if self.measurements is not None:
+            from trainers.imaging.measured import MeasurementError, read_measurements
+
+            try:
+                read_measurements(self.measurements, self, None)
+            except (MeasurementError, FileNotFoundError, OSError) as error:
+                raise ConfigError(f"measurements = {self.measurements!r}: {error}") from None
+            return
         if self.image not in BUILTIN_IMAGES:
             from trainers.imaging.objects import read_image
 

@@ -14,6 +14,7 @@ from trainers.imaging.config import ImagingConfig
 
 
 class MopieConfig(ImagingConfig):
+    metric: str = Field("residual", description="relative L1 misfit of all measured intensities (mode min)")
     lr: float = Field(1.0, gt=0, le=2, description="object step alpha (the shared lr key); 1 = full ePIE step")
     alpha: Optional[float] = Field(None, gt=0, le=2, description="alias of lr at construction; the engine reads lr")
     beta: float = Field(1.0, ge=0, le=2, description="probe step (acts only with learn_probe)")

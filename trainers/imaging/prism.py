@@ -43,13 +43,15 @@ import torch
 from torch import nn
 
 from trainers import collective
-from trainers.base import Trainer, make_scheduler
+from trainers.base import make_scheduler
 from trainers.graphs import CapturedStep
 from trainers.imaging import forward as fw
 from trainers.imaging import metrics as im
 from trainers.imaging import sampling
+from trainers.imaging.common import ImagingTrainer, state_copy
+from trainers.imaging.engine import MopieEngine
+from trainers.imaging.frames import to_frames
 from trainers.imaging.metrics import image_metrics
-from trainers.imaging.mopie import MopieEngine, simulate_experiment, to_frames
 from trainers.imaging.prism_config import PrismConfig
 from trainers.precision import autocast, uses_amp
 
@@ -107,31 +109,44 @@ def relative_l1(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FrameLoss:
-    """A loss over (B, M, M) frames written as a sum over frames (`partial`), finished with a
-    normaliser of all the targets: ranks that hold shares of the frames add their partial sums
-    and get the loss of all of them (see `PrismTrainer._fit`). Called, it is the plain loss."""
+    """A loss over (B, M, M) frames with per-frame weights w (B,), written as a weighted sum over
+    frames (`partial`) finished with a normaliser of all the targets, sum_j w_j per_frame(t_j):
+    ranks that hold shares of the frames add their partial sums and get the loss of all of them
+    (see `PrismTrainer._fit`). Called without weights, it is the plain loss."""
 
-    partial: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    normaliser: Callable[[torch.Tensor], torch.Tensor]
+    partial: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    per_frame: Callable[[torch.Tensor], torch.Tensor]
     finish: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-    def __call__(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.finish(self.partial(prediction, target), self.normaliser(target))
+    def normaliser(self, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        per = self.per_frame(target)
+        return _floored((per if weights is None else per * weights).sum())
+
+    def __call__(self, prediction: torch.Tensor, target: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+        if weights is None:
+            weights = torch.ones(len(target), device=target.device)
+        return self.finish(self.partial(prediction, target, weights), self.normaliser(target, weights))
 
 
 def _floored(value: torch.Tensor) -> torch.Tensor:
     return value.clamp_min(1e-30)
 
 
-# relative L1: sum |p - t| / sum |t|
-L1 = FrameLoss(lambda p, t: (p - t).abs().sum(), lambda t: _floored(t.abs().sum()), torch.div)
+def _weighted(per_pixel: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (per_pixel.sum(dim=(-2, -1)) * weights).sum()
+
+
+# relative L1: sum_j w_j sum |p_j - t_j| / sum_j w_j sum |t_j|
+L1 = FrameLoss(lambda p, t, w: _weighted((p - t).abs(), w), lambda t: t.abs().sum(dim=(-2, -1)), torch.div)
 # relative L2, ||p - t||_2 / ||t||_2: a norm ratio (not squared), so one loss_threshold suits l1 and l2
-L2 = FrameLoss(lambda p, t: (p - t).square().sum(), lambda t: _floored(t.square().sum()),
+L2 = FrameLoss(lambda p, t, w: _weighted((p - t).square(), w), lambda t: t.square().sum(dim=(-2, -1)),
                lambda total, norm: (total / norm).sqrt())
 
 
-def ssim_dissimilarity(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over (B, M, M) frames of 1 - SSIM, each pair scaled by its measurement's maximum.
+def ssim_dissimilarity(prediction: torch.Tensor, target: torch.Tensor,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted sum over (B, M, M) frames of 1 - SSIM, each pair scaled by its measurement's maximum.
 
     The same window and constants as metrics.ssim, but differentiable and in float32
     (metrics.ssim detaches and works in float64 for its skimage match).
@@ -144,11 +159,12 @@ def ssim_dissimilarity(prediction: torch.Tensor, target: torch.Tensor) -> torch.
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
     c1, c2 = im.K1 ** 2, im.K2 ** 2
     ssim_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return (1 - ssim_map).mean(dim=(-2, -1)).sum()
+    per = (1 - ssim_map).mean(dim=(-2, -1))
+    return per.sum() if weights is None else (per * weights).sum()
 
 
-# 1 - mean SSIM over the frames
-SSIM = FrameLoss(ssim_dissimilarity, lambda t: torch.tensor(float(len(t)), device=t.device), torch.div)
+# 1 - the weighted mean SSIM over the frames
+SSIM = FrameLoss(ssim_dissimilarity, lambda t: torch.ones(len(t), device=t.device), torch.div)
 LOSSES = {"l1": L1, "l2": L2, "ssim": SSIM}
 
 
@@ -161,7 +177,45 @@ def frame_size(grid: int, diameter: float) -> int:
 
 
 # ---------------------------------------------------------------- the trainer
-class PrismTrainer(Trainer):
+def validation_split(positions: torch.Tensor, diameter: float, grid: int,
+                     fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fitted ids, held-out ids) of the samples, both in pattern order.
+
+    About `fraction` of the samples are held out, spread over the pattern (every 1/fraction-th),
+    never the first (DC), and only a sample whose pupil the fitted ones still cover (>= 95% of
+    its pixels): the held-out set then costs little of the spectrum's coverage, and the
+    validation error asks whether the object predicts measurements it was never fitted to.
+    Only positions are read: the split is the same for a simulation and for measured data."""
+    count = len(positions)
+    wanted = int(round(fraction * count))
+    if wanted == 0 or count < 3:
+        return torch.arange(count), torch.zeros(0, dtype=torch.long)
+    masks = torch.stack([fw.pupil_masks(p, diameter, grid).amax(dim=0) > 0 for p in positions])
+    stride = count / wanted
+    first = [min(count - 1, max(1, int(stride * (k + 0.5)))) for k in range(wanted)]
+    # then the neighbours (in pattern order) of those picks, nearest first
+    near = [pick + sign * offset for offset in range(1, count) for pick in first for sign in (-1, 1)]
+    candidates = list(dict.fromkeys(first + [s for s in near if 1 <= s < count]))
+    held: list[int] = []
+    for sample in candidates:
+        if len(held) == wanted:
+            break
+        others = torch.ones(count, dtype=torch.bool)
+        others[held + [sample]] = False
+        union = masks[others].any(dim=0)
+        if (union & masks[sample]).sum() >= 0.95 * masks[sample].sum():
+            held.append(sample)
+    held_out = torch.tensor(sorted(held), dtype=torch.long)
+    keep = torch.ones(count, dtype=torch.bool)
+    keep[held_out] = False
+    return keep.nonzero().squeeze(1), held_out
+
+
+class PrismTrainer(ImagingTrainer):
+    """Selection by `val_loss`: the relative L1 error of the predicted intensities of the held-out
+    apertures (`validation_fraction` of them, never fitted), or, with none held out, of all the
+    fitted ones."""
+
     algorithm = "prism"
     config_class = PrismConfig
     config: PrismConfig
@@ -169,13 +223,15 @@ class PrismTrainer(Trainer):
     def setup(self) -> None:
         config = self.config
         grid, diameter = config.image_size, config.sample_diameter
-        images, positions_meas = simulate_experiment(self)
+        experiment = self.load_experiment()
+        images = experiment.images
         # the stored measurements, indexed by sample id, and the exact frame model of mopie
         self.engine = MopieEngine(to_frames(images, frame_size(grid, diameter), diameter), self.positions,
                                   diameter, grid, self.obj_size, support=False)
-        self.init_target = self._init_target(images, positions_meas).to(self.device)
-        del images
-        self.n_total = len(self.positions)
+        self.train_ids, self.val_ids = validation_split(self.positions, diameter, grid, config.validation_fraction)
+        self.init_target = self._init_target(images).to(self.device)
+        experiment.images = None
+        self.n_total = len(self.train_ids)
         self.model = ProgressiveDecoder(self.obj_size, grid, config.decoder_width, config.decoder_depth,
                                         config.output_activation).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -191,15 +247,16 @@ class PrismTrainer(Trainer):
                         and not config.compile)
         # progress, all of it in extra_state
         self.initialised = False
-        self.sample_index = 0                       # next sample to add
+        self.sample_index = 0                       # next fitted sample to add (an index into train_ids)
         self.covered = torch.zeros(grid, grid, dtype=torch.bool)  # union of the pupils so far
         self.failed: list[int] = []                 # samples that ended above the threshold
         self.retry_queue: list[int] = []            # frozen copy of `failed` when the retries start
-        self.recovered: list[int] = []
+        self.recovered: list[int] = []              # retries kept: they lowered the validation error
         self.init_loss = float("nan")
 
-    def _init_target(self, images: torch.Tensor, positions_meas: torch.Tensor) -> torch.Tensor:
-        """An amplitude (N x N) to start from; amplitudes on both sides (one definition).
+    def _init_target(self, images: torch.Tensor) -> torch.Tensor:
+        """An amplitude (N x N) to start from, from the fitted measurements only; amplitudes on
+        both sides (one definition).
 
         The circle and the synthetic aperture carry no absolute scale (a mean of aperture images
         is far dimmer than the object), so both are scaled to the total power of the first (DC)
@@ -207,12 +264,11 @@ class PrismTrainer(Trainer):
         spends its budget on the brightness and lands in a poor basin.
         """
         config = self.config
-        first = images[0].clamp_min(0)
+        first = images[self.train_ids[0]].clamp_min(0)
         if config.init_target == "measurement":
             return first.sqrt()
         if config.init_target == "synthetic_aperture":
-            clean = fw.measure(fw.to_spectrum(self.truth), positions_meas.to(self.device), config.sample_diameter)
-            shape = clean.mean(dim=0).sqrt()
+            shape = images[self.train_ids].clamp_min(0).mean(dim=0).sqrt()
         else:  # circle: a disc of obj_size
             shape = fw.pupil_masks(torch.zeros(2), self.obj_size, config.image_size).to(self.device)
         return shape * (first.sum() / shape.square().sum().clamp_min(1e-30)).sqrt()
@@ -281,13 +337,42 @@ class PrismTrainer(Trainer):
         self.init_loss = loss_value
         self.initialised = True
 
-    def _fit(self, ids: torch.Tensor, lr: float, loss_name: str) -> dict[str, float]:
-        """Fit the decoder to the measurements `ids`; the convergence monitor decides when to stop."""
+    def _choose_start(self) -> None:
+        """`restarts` decoders (the first, then fresh seeded ones), each initialised and fitted to
+        the first `restart_samples` fitted apertures in order; the one with the lowest val_loss is
+        kept (decoder and optimiser), and the progressive phase starts from it at sample 0."""
+        config = self.config
+        best: tuple[float, Any] | None = None
+        for restart in range(config.restarts):
+            if restart:
+                torch.manual_seed(config.seed * 7919 + restart)
+                fresh = ProgressiveDecoder(self.obj_size, config.image_size, config.decoder_width,
+                                           config.decoder_depth, config.output_activation)
+                self.model.load_state_dict(fresh.state_dict())
+                self.optimizer.state.clear()
+                self._initialise()
+            for count in range(1, min(config.restart_samples, self.n_total) + 1):
+                self._fit(self.train_ids[:count], config.lr, config.loss)
+            self.sample_index = min(config.restart_samples, self.n_total)  # what validation_error sees
+            value = self.validation_error()
+            self.sample_index = 0
+            if best is None or value < best[0]:
+                best = (value, state_copy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}))
+        self.model.load_state_dict(best[1]["model"])
+        self.optimizer.load_state_dict(best[1]["optimizer"])
+
+    def _fit(self, ids: torch.Tensor, lr: float, loss_name: str,
+             weights: torch.Tensor | None = None) -> dict[str, float]:
+        """Fit the decoder to the measurements `ids` (frame weights `weights`, default equal); the
+        convergence monitor decides when to stop."""
         config = self.config
         loss_fn = LOSSES[loss_name]
-        normaliser = loss_fn.normaliser(self.engine.frames[ids])  # of all the apertures
+        if weights is None:
+            weights = self.aperture_weights(ids, loss_fn)
+        normaliser = loss_fn.normaliser(self.engine.frames[ids], weights)  # of all the apertures
         world = self.context.world_size
-        ids = ids[collective.share(len(ids), self.context.rank, world)]  # this rank's apertures
+        share = collective.share(len(ids), self.context.rank, world)  # this rank's apertures
+        ids, weights = ids[share], weights[share]
         index = self.engine.window_index(ids.to(self.device))
         discs = self.engine.discs[ids].to(torch.complex64)
         target = self.engine.frames[ids]
@@ -295,7 +380,7 @@ class PrismTrainer(Trainer):
         def compute_loss() -> torch.Tensor:
             amplitude = self.amplitude()
             if len(ids):
-                partial = loss_fn.partial(self.predict_frames(amplitude, index, discs), target)
+                partial = loss_fn.partial(self.predict_frames(amplitude, index, discs), target, weights)
             else:  # fewer apertures than ranks so far: this rank adds nothing (FFTs of none fail)
                 partial = 0 * amplitude.sum()
             # every rank: the loss of all apertures, the gradient through its own (summed after)
@@ -354,14 +439,62 @@ class PrismTrainer(Trainer):
         before, recent = min(checks[:-window]), min(checks[-window:])
         return (before - recent) <= self.config.plateau_tol * before
 
+    # ----- the data's verdicts
+    @torch.no_grad()
+    def frame_errors(self, ids: torch.Tensor) -> torch.Tensor:
+        """Per-aperture relative L1 errors sum |p - t| / sum t (len(ids),) of the current decoder."""
+        if len(ids) == 0:
+            return torch.zeros(0, device=self.device)
+        prediction = self.predict_frames(self.amplitude(), self.engine.window_index(ids.to(self.device)),
+                                         self.engine.discs[ids].to(torch.complex64))
+        target = self.engine.frames[ids]
+        return (prediction - target).abs().sum(dim=(-2, -1)) / target.sum(dim=(-2, -1)).clamp_min(1e-30)
+
+    @torch.no_grad()
+    def validation_error(self) -> float:
+        """Relative L1 of the held-out apertures' intensities; with none held out, of the fitted
+        apertures so far (a residual, then)."""
+        ids = self.val_ids if len(self.val_ids) else self.train_ids[:max(1, self.sample_index)]
+        if len(ids) == 0:
+            return float("nan")
+        prediction = self.predict_frames(self.amplitude(), self.engine.window_index(ids.to(self.device)),
+                                         self.engine.discs[ids].to(torch.complex64))
+        target = self.engine.frames[ids]
+        return float((prediction - target).abs().sum() / target.sum().clamp_min(1e-30))
+
+    def aperture_weights(self, ids: torch.Tensor, loss_fn: FrameLoss) -> torch.Tensor:
+        """Frame weights of a fit: `energy` 1 each (a frame counts by its brightness), `equal`
+        1 / its own normaliser (every aperture's relative error counts alike)."""
+        if self.config.aperture_weights == "energy":
+            return torch.ones(len(ids), device=self.device)
+        per = loss_fn.per_frame(self.engine.frames[ids])
+        return 1 / per.clamp_min(1e-30)
+
+    def retry_weights(self, sample: int) -> torch.Tensor:
+        """Frame weights of a retry of `sample` over every fitted aperture: equal, except that the
+        failed aperture gets `retry_share` of the loss's normaliser (a dim, high-frequency
+        aperture is otherwise a sliver of a sum dominated by the bright central ones)."""
+        config = self.config
+        loss_fn = LOSSES[config.retry_loss_name()]
+        weights = self.aperture_weights(self.train_ids, loss_fn)
+        per = loss_fn.per_frame(self.engine.frames[self.train_ids]) * weights
+        position = int((self.train_ids == sample).nonzero()[0, 0])
+        others = per.sum() - per[position]
+        share = config.retry_share
+        weights[position] *= max(1.0, float(share / (1 - share) * others / per[position].clamp_min(1e-30)))
+        return weights
+
     # ----- one iteration
     def step(self) -> dict[str, float]:
         config = self.config
         if not self.initialised:
             self._initialise()
+            if config.restarts > 1:
+                self._choose_start()
+        extra: dict[str, float] = {}
         if self.sample_index < self.n_total:
-            sample = self.sample_index
-            fit = self._fit(torch.arange(sample + 1), config.lr, config.loss)
+            sample = int(self.train_ids[self.sample_index])
+            fit = self._fit(self.train_ids[:self.sample_index + 1], config.lr, config.loss)
             if not fit["converged"]:
                 self.failed.append(sample)
             self.covered |= fw.pupil_masks(self.positions[sample], config.sample_diameter,
@@ -372,16 +505,36 @@ class PrismTrainer(Trainer):
                 self.finished = not self.retry_queue
             phase = 0.0
         else:
-            # retry phase: one failed sample per iteration, all apertures, lower lr, other loss
             sample = self.retry_queue.pop(0)
-            fit = self._fit(torch.arange(self.n_total), config.lr * config.retry_lr_factor,
-                            config.retry_loss_name())
-            if fit["converged"]:
-                self.recovered.append(sample)
+            extra = self.retry(sample)
             self.finished = not self.retry_queue
+            fit = extra.pop("fit")
             phase = 1.0
-        return {**fit, "sample": float(sample), "retry": phase, "failed": float(len(self.failed)),
+        return {**fit, **extra, "sample": float(sample), "retry": phase, "failed": float(len(self.failed)),
                 "recovered": float(len(self.recovered)), "init_loss": self.init_loss}
+
+    def retry(self, sample: int) -> dict[str, Any]:
+        """Refit every fitted aperture from the current state with lr x retry_lr_factor, another
+        loss and the failed aperture emphasised (`retry_weights`); kept only if the validation
+        error falls, else the decoder and optimiser return to their state before the retry."""
+        config = self.config
+        position = (self.train_ids == sample).nonzero()[0]
+        before_val = self.validation_error()
+        before_own = float(self.frame_errors(self.train_ids[position])[0])
+        snapshot = state_copy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
+        fit = self._fit(self.train_ids, config.lr * config.retry_lr_factor, config.retry_loss_name(),
+                        self.retry_weights(sample))
+        after_val = self.validation_error()
+        after_own = float(self.frame_errors(self.train_ids[position])[0])
+        kept = after_val < before_val
+        if kept:
+            self.recovered.append(sample)
+        else:
+            self.model.load_state_dict(snapshot["model"])
+            self.optimizer.load_state_dict(snapshot["optimizer"])
+        return {"fit": fit, "retry_kept": float(kept), "retry_val_before": before_val,
+                "retry_val_after": after_val, "retry_sample_error_before": before_own,
+                "retry_sample_error_after": after_own}
 
     def _step_scheduler(self, metrics: dict[str, float]) -> None:
         """The schedule runs inside each sample's fit (see _fit), not once per iteration."""
@@ -391,11 +544,13 @@ class PrismTrainer(Trainer):
             return self.amplitude()
 
     def evaluate(self) -> dict[str, float]:
-        metrics = image_metrics(self.reconstruction(), self.truth, self.obj_size)
-        so_far = sampling.band_limited_reference(self.truth_small, self.covered).to(self.device)
-        return {**metrics, "ceiling_ssim": self.ceiling,
-                "coverage_ceiling_ssim": image_metrics(so_far, self.truth, self.obj_size)["ssim"],
-                "coverage": float(self.covered.float().mean())}
+        metrics = {"val_loss": self.validation_error(), "coverage": float(self.covered.float().mean()),
+                   "held_out": float(len(self.val_ids))}
+        metrics.update(self.test_metrics(self.reconstruction()))
+        if self.experiment.truth is not None:
+            so_far = sampling.band_limited_reference(self.experiment.truth_small, self.covered).to(self.device)
+            metrics["coverage_ceiling_ssim"] = image_metrics(so_far, self.experiment.truth, self.obj_size)["ssim"]
+        return metrics
 
     # ----- state
     def extra_state(self) -> dict[str, Any]:
@@ -413,10 +568,9 @@ class PrismTrainer(Trainer):
         self.recovered, self.init_loss = list(state["recovered"]), float(state["init_loss"])
 
     def final_metrics(self) -> dict[str, float]:
-        best = image_metrics(self.reconstruction(), self.truth, self.obj_size)
-        return {**{f"final_{key}": value for key, value in best.items()},
-                "final_ceiling_ssim": self.ceiling, "failed_samples": float(len(self.failed)),
-                "recovered_samples": float(len(self.recovered))}
+        final = {"final_val_loss": self.validation_error(), "failed_samples": float(len(self.failed)),
+                 "recovered_samples": float(len(self.recovered)), "held_out_samples": float(len(self.val_ids))}
+        return {**final, **self.test_metrics(self.reconstruction(), prefix="final_test_")}
 
     def save_figures(self) -> None:
         super().save_figures()
@@ -428,14 +582,18 @@ class PrismTrainer(Trainer):
         import matplotlib.pyplot as plt
 
         recon = fw.crop_to_object(self.reconstruction(), self.obj_size).cpu()
-        figure, axes = plt.subplots(1, 2, figsize=(8, 4))
-        for axis, image, title in ((axes[0], recon, "prism reconstruction"), (axes[1], self.truth_small, "ground truth")):
+        panels = [(recon, "prism reconstruction")]
+        if self.experiment.truth_small is not None:
+            panels.append((self.experiment.truth_small.cpu(), "ground truth"))
+        figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+        for axis, (image, title) in zip(axes[0], panels):
             axis.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
             axis.set_title(title)
             axis.axis("off")
         self.context.log_figure("reconstruction", figure, self.iteration)
         figure, axis = plt.subplots(figsize=(4, 4))
         axis.imshow(self.covered.numpy(), cmap="gray")
-        axis.set_title(f"coverage ({self.sample_index}/{self.n_total} samples, {len(self.failed)} failed)")
+        axis.set_title(f"coverage ({self.sample_index}/{self.n_total} fitted, {len(self.val_ids)} held out, "
+                       f"{len(self.failed)} failed)")
         axis.axis("off")
         self.context.log_figure("coverage", figure, self.iteration)

@@ -5,7 +5,7 @@ One iteration adds ONE aperture and refits the decoder to every aperture measure
 2 CPU cores. Iterations after the last sample retry the samples that failed (one each).
 
 The shared keys keep their meaning: `lr` is Adam's step, `patience` stops the run after that
-many samples without an SSIM gain (0 = use every sample), `schedule` is the per-sample inner
+many samples without a val_loss gain (0 = use every sample), `schedule` is the per-sample inner
 learning-rate schedule (the spec's `create_scheduler`; restarted at each sample).
 """
 from __future__ import annotations
@@ -20,9 +20,13 @@ LossName = Literal["l1", "l2", "ssim"]
 
 
 class PrismConfig(ImagingConfig):
+    metric: str = Field("val_loss", description="relative L1 error of the held-out apertures' intensities (mode min)")
+    validation_fraction: float = Field(0.1, ge=0, le=0.5,
+                                       description="share of the apertures held out (never fitted) for val_loss; "
+                                                   "0 = none (val_loss is then the fitted apertures' residual)")
     lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of the decoder (restored at each sample)")
     patience: int = Field(0, ge=0, le=10_000,
-                          description="samples without an SSIM gain before stopping; 0 = use every sample")
+                          description="samples without a val_loss gain before stopping; 0 = use every sample")
     max_iterations: int = Field(1000, ge=1, le=1_000_000,
                                 description="cap on iterations (= samples, then one per retried sample)")
     # problem size: small enough for a CPU run of a few minutes
@@ -34,6 +38,9 @@ class PrismConfig(ImagingConfig):
     # the per-sample fit and its convergence monitor
     loss: LossName = Field("l1", description="relative L1 / L2 of intensities (error / error of zeros), "
                                              "or 1 - SSIM of the normalised frames")
+    aperture_weights: Literal["energy", "equal"] = Field(
+        "energy", description="energy: the loss sums every frame's error over all frames' (bright central "
+                              "apertures dominate); equal: the mean of each aperture's relative error")
     steps_per_sample: int = Field(60, ge=1, le=100_000, description="optimiser steps of one cycle")
     max_cycles: int = Field(2, ge=1, le=100, description="budget = steps_per_sample x max_cycles per sample")
     loss_threshold: float = Field(2e-3, gt=0, le=1, description="a sample has converged below this loss")
@@ -48,10 +55,15 @@ class PrismConfig(ImagingConfig):
         "lr_boost", description="once per sample, on a plateau or after the first cycle: lr x escalation_factor "
                                 "(warm_restarts: and cosine warm restarts from there)")
     escalation_factor: float = Field(2.0, ge=1, le=100, description="lr multiplier of the escalation")
+    # restarts chosen by the validation error
+    restarts: int = Field(1, ge=1, le=16, description="decoders tried from fresh seeds at the start; the one with the "
+                                                      "lowest val_loss after restart_samples samples goes on")
+    restart_samples: int = Field(6, ge=1, le=100_000, description="samples each restart is fitted to before choosing")
     # retry of failed samples at the end
     retry: bool = Field(True, description="refit failed samples after the last one, one per iteration")
     retry_lr_factor: float = Field(0.5, gt=0, le=1, description="lr multiplier of a retry")
     retry_loss: Optional[LossName] = Field(None, description="loss of a retry; None = l2 after l1, else l1")
+    retry_share: float = Field(0.25, gt=0, lt=1, description="share of a retry's loss given to the failed aperture")
     # initialisation phase
     init_target: Literal["circle", "measurement", "synthetic_aperture"] = Field(
         "synthetic_aperture", description="circle: disc of obj_size; measurement: sqrt of the first image; "
