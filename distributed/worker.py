@@ -22,7 +22,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     register_ray_sources(config)
     context = RayTrainContext(spec.name, config.model_dump(), loop_config["run_dir"], loop_config["run_name"],
                               use_wandb=loop_config.get("use_wandb", False),
-                              max_iterations=config.max_iterations)
+                              max_iterations=config.max_iterations,
+                              remote_storage=loop_config.get("remote_storage"))
     arm_failure_injection(context)
     try:
         spec.trainer_class()(config, context).fit()

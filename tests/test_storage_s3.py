@@ -1,0 +1,133 @@
+"""--storage s3://bucket/prefix through pyarrow's S3 filesystem, against a real S3-compatible
+server on loopback (moto's standalone server, started here): checkpoints, TensorBoard and the
+summary land in the bucket, and a --resume finds the run there and continues from its S3
+checkpoint. Bad addresses fail before Ray starts: no bucket, or an endpoint that is not there."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import run
+from distributed.storage import StorageError, parse_s3_uri
+from trainers.checkpoint import load_checkpoint
+
+
+def test_parse_s3_uri():
+    assert parse_s3_uri("s3://bucket/some/prefix") == ("bucket", "some/prefix")
+    assert parse_s3_uri("s3://bucket") == ("bucket", "")
+    assert parse_s3_uri("s3://bucket//a//b/") == ("bucket", "a/b")
+    for bad in ("s3://", "s3:///prefix", "s3://bucket/../x", "gs://bucket/x", "bucket/x"):
+        with pytest.raises(StorageError):
+            parse_s3_uri(bad)
+
+
+def test_an_s3_address_without_a_bucket_exits_2(capsys):
+    assert run.main(["--algorithm", "gat-simple", "--storage", "s3://"]) == 2
+    assert "no bucket" in capsys.readouterr().err
+
+
+def test_another_scheme_exits_2(capsys):
+    assert run.main(["--algorithm", "gat-simple", "--storage", "gs://bucket/runs"]) == 2
+    assert "not supported" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_s3_endpoint_fails_in_seconds(monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    started = time.monotonic()
+    assert run.main(["--algorithm", "gat-simple", "--storage", "s3://bucket/runs"]) == 2
+    assert time.monotonic() - started < 15
+    err = capsys.readouterr().err
+    assert "cannot reach the S3 endpoint" in err and "127.0.0.1" in err
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 (a real HTTP server speaking the S3 API)."""
+    server = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    if not Path(server).exists():
+        pytest.fail("moto_server missing: pip install 'moto[server]' (in the test extra)")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=log.open("w"),
+                               stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"moto did not start: {log.read_text()[-2000:]}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    from pyarrow import fs
+
+    for key, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    s3 = fs.S3FileSystem(endpoint_override=s3_server.split("://")[1], scheme="http", region="us-east-1",
+                         access_key="testing", secret_key="testing", allow_bucket_creation=True)
+    s3.create_dir("trainyard-test")
+    return s3
+
+
+def test_a_missing_bucket_exits_2(s3_env, capsys):
+    assert run.main(["--algorithm", "gat-simple", "--storage", "s3://no-such-bucket/runs"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def _files(s3, prefix: str) -> list[str]:
+    from pyarrow import fs
+
+    return sorted(info.path[len(prefix) + 1:] for info in
+                  s3.get_file_info(fs.FileSelector(prefix, recursive=True, allow_not_found=True))
+                  if info.type == fs.FileType.File)
+
+
+@pytest.mark.ray
+def test_a_run_on_s3_storage_writes_there_and_resumes_from_its_s3_checkpoint(ray_session, small_sets, s3_env,
+                                                                             tmp_path):
+    storage = "s3://trainyard-test/runs"
+    args = ["--algorithm", "gat-simple", "--storage", storage, *[f"--set={s}" for s in small_sets]]
+    assert run.main([*args, "--name", "gat-simple_s3", "--set", "max_iterations=2"]) == 0
+    files = _files(s3_env, "trainyard-test/runs/gat-simple_s3")
+    assert "checkpoint_manager_snapshot.json" in files
+    assert any(f.startswith("checkpoint_") and f.endswith("/state.pt") for f in files), files
+    assert any(f.startswith("tensorboard/events.out.tfevents.") for f in files), files
+    assert "summary.json" in files
+    assert not Path("s3:").exists() and not (Path.cwd() / "s3:").exists()  # no local stand-in folder
+    # --resume (no --name) finds the run in the bucket and continues from its S3 checkpoint
+    assert run.main([*args, "--resume", "--set", "max_iterations=3"]) == 0
+    newest = max((f for f in _files(s3_env, "trainyard-test/runs/gat-simple_s3") if f.endswith("/state.pt")),
+                 key=lambda f: int(load_bytes(s3_env, f"trainyard-test/runs/gat-simple_s3/{f}", tmp_path)["iteration"]))
+    payload = load_bytes(s3_env, f"trainyard-test/runs/gat-simple_s3/{newest}", tmp_path)
+    assert payload["iteration"] == 3
+    assert [int(row["iteration"]) for row in payload["trainer"]["history"]] == [1, 2, 3]
+
+
+def load_bytes(s3, path: str, folder: Path) -> dict:
+    local = folder / path.replace("/", "_")
+    with s3.open_input_stream(path) as source:
+        local.write_bytes(source.read())
+    return load_checkpoint(local, "gat-simple")
