@@ -79,12 +79,19 @@ def s3_server(tmp_path_factory):
 
 
 @pytest.fixture
-def s3_env(s3_server, monkeypatch):
+def s3_env(s3_server, monkeypatch, tmp_path):
+    """The AWS variables a user would set: the endpoint, the region, and credentials in a
+    shared-credentials file (the key itself never travels in an environment variable to Ray's
+    workers; the file's path does)."""
     from pyarrow import fs
 
-    for key, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+    credentials.chmod(0o600)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
         monkeypatch.setenv(key, value)
     s3 = fs.S3FileSystem(endpoint_override=s3_server.split("://")[1], scheme="http", region="us-east-1",
                          access_key="testing", secret_key="testing", allow_bucket_creation=True)

@@ -165,10 +165,12 @@ def start_host(host: Host, hosts: list[Host], account: pwd.struct_passwd, public
     sh(inside + ["ip", "addr", "add", f"{host.ip}/24", "dev", "eth0"])
     sh(inside + ["ip", "link", "set", "eth0", "up"])
     sh(inside + ["ip", "link", "set", "lo", "up"])
-    firewall = (f"table inet trainyard {{ chain input {{ type filter hook input priority 0; policy drop; "
-                f"iif lo accept; ct state established,related accept; "
-                f"ip saddr {SUBNET}.0/24 tcp dport {{ {ALLOWED_TCP} }} accept; icmp type echo-request accept; }} }}")
-    sh(inside + ["nft", firewall])
+    (folder / "firewall.nft").write_text("\n".join([
+        "table inet trainyard {", "  chain input {", "    type filter hook input priority 0; policy drop;",
+        "    iif lo accept", "    ct state established,related accept",
+        f"    ip saddr {SUBNET}.0/24 tcp dport {{ {ALLOWED_TCP} }} accept", "    icmp type echo-request accept",
+        "  }", "}", ""]))
+    sh(inside + ["nft", "-f", str(folder / "firewall.nft")])
     # one CPU
     cpuset = CPUSET / f"trainyard-{host.name}"
     cpuset.mkdir(exist_ok=True)
@@ -182,8 +184,9 @@ def start_host(host: Host, hosts: list[Host], account: pwd.struct_passwd, public
         f"mount --bind {cpuset} {CPUSET}",
         f"exec /usr/sbin/sshd -D -f {folder / 'sshd_config'} -E {folder / 'sshd.log'}"])
     Path("/run/sshd").mkdir(exist_ok=True)
+    # nsenter, not `ip netns exec`, which mounts a sysfs of its own (and hides the cgroups)
     launcher = subprocess.Popen(
-        ["sh", "-c", f"echo $$ > {cpuset / 'tasks'}; exec ip netns exec {host.name} "
+        ["sh", "-c", f"echo $$ > {cpuset / 'tasks'}; exec nsenter --net=/run/netns/{host.name} "
                      f"unshare --mount --uts --pid --fork --mount-proc --propagation private sh -c \"$0\"", boot],
         stdin=subprocess.DEVNULL, stdout=open(folder / "boot.log", "w"), stderr=subprocess.STDOUT,
         start_new_session=True)
