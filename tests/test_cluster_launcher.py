@@ -233,3 +233,17 @@ def test_a_worker_listed_twice_is_refused(tmp_path, capsys):
     assert "provider.worker_ips lists 10.1.0.11 more than once" in capsys.readouterr().err
     # and `ray up` runs the check on the head, against the file it was given
     assert any("distributed.cluster_file ~/ray_bootstrap_config.yaml" in c for c in _shipped()["head_setup_commands"])
+
+
+def test_a_config_file_missing_on_a_node_is_named_with_that_node(tmp_path):
+    """The driver checks files on its own disk; each node checks them again where they are
+    read, and the error names the node (here: this machine, playing a worker node)."""
+    import socket
+
+    from distributed.worker import check_files_on_this_node
+    from trainers.config import ConfigError
+    from trainers.registry import get_algorithm
+
+    config = get_algorithm("gat-simple").config_class(events=str(tmp_path / "missing.parquet"))
+    with pytest.raises(ConfigError, match=rf"on node {socket.gethostname()} \(.+\): events = .*does not exist"):
+        check_files_on_this_node(config)

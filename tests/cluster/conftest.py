@@ -108,9 +108,10 @@ class Cluster:
 def cluster(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip("the cluster suite needs root (network namespaces, sshd, a user)")
-    for program in ("/usr/sbin/sshd", "rsync", "nft", "ip", "unshare", "ssh"):
-        if not (Path(program).exists() or subprocess.run(["which", program], capture_output=True).returncode == 0):
-            pytest.fail(f"the cluster suite needs {program} (apt-get install openssh-server rsync nftables iproute2)")
+    from tests.test_cluster_launcher import _install_if_missing
+
+    _install_if_missing({"/usr/sbin/sshd": "openssh-server", "ssh": "openssh-client", "rsync": "rsync",
+                         "nft": "nftables", "ip": "iproute2", "unshare": "util-linux"})
     folder = tmp_path_factory.mktemp("cluster")
     log = Path(os.environ.get("TRAINYARD_CLUSTER_LOG", folder / "cluster.log"))
     started = time.monotonic()

@@ -142,6 +142,45 @@ def test_a_tune_search_runs_trials_on_more_than_one_host(cluster):
     assert len(nodes) >= 2, f"trials ran on {nodes}"
 
 
+def test_ray_job_submit_through_the_dashboard_tunnel_with_the_cluster_token(cluster, tmp_path):
+    import socket
+    import sys
+
+    from tests.cluster.conftest import RAY, ROOT, launcher_env
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tunnel = subprocess.Popen([RAY, "dashboard", "-p", str(port), str(cluster.config_file)], cwd=ROOT,
+                              env=launcher_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(1)
+        token = tmp_path / "cluster-token"
+        cluster.launcher("rsync-down", str(cluster.config_file), "~/.ray/auth_token", str(token), timeout=120)
+        token.chmod(0o600)
+        address = f"http://127.0.0.1:{port}"
+        refused = subprocess.run([RAY, "job", "list", "--address", address], capture_output=True, text=True,
+                                 timeout=120, env={**launcher_env(), "HOME": str(tmp_path), "RAY_AUTH_MODE": "token"})
+        assert refused.returncode != 0, "the job API answered a client without the token"
+        env = {**launcher_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        job = subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", ".", "--", "python",
+                              "run.py", "--algorithm", "gat-simple", "--storage", str(STORAGE), "--name", "job",
+                              *sets({**SMALL, "max_iterations": 1}).split()],
+                             capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+        with cluster.log.open("a") as log:
+            log.write(f"\n$ ray job submit ...\n{job.stdout[-20000:]}\n{job.stderr[-20000:]}\n")
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert history(STORAGE / "job", "gat-simple")[1] == [1]
+    finally:
+        tunnel.terminate()
+        tunnel.wait(timeout=30)
+
+
 def run_in_background(cluster, name: str, iterations: int):
     command = (f"cd ~/trainyard && python run.py --algorithm gat-simple --workers 2 --storage {STORAGE} "
                f"--name {name} --max-failures 3 {sets({**SMALL, 'max_iterations': iterations})}")
