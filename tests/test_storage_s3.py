@@ -4,6 +4,7 @@ summary land in the bucket, and a --resume finds the run there and continues fro
 checkpoint. Bad addresses fail before Ray starts: no bucket, or an endpoint that is not there."""
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -15,7 +16,10 @@ import pytest
 
 import run
 from distributed.storage import StorageError, parse_s3_uri
+from tests.test_faults import steps_per_worker
 from trainers.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_parse_s3_uri():
@@ -112,29 +116,41 @@ def _files(s3, prefix: str) -> list[str]:
                   if info.type == fs.FileType.File)
 
 
+RUN_TWICE = """
+import sys
+import run
+first, second = sys.argv[1].split("|"), sys.argv[2].split("|")
+sys.exit(run.main(first) or run.main(second))
+"""
+
+
 @pytest.mark.ray
-def test_a_run_on_s3_storage_writes_there_and_resumes_from_its_s3_checkpoint(ray_session, small_sets, s3_env,
-                                                                             tmp_path):
+def test_a_run_on_s3_storage_writes_there_and_resumes_from_its_s3_checkpoint(s3_env, small_sets, tmp_path):
+    """As a user runs it: `python run.py` with the AWS variables set, its own local Ray (whose
+    processes inherit them; the session's shared Ray was started before this test set them)."""
     storage = "s3://trainyard-test/runs"
     args = ["--algorithm", "gat-simple", "--storage", storage, *[f"--set={s}" for s in small_sets]]
-    assert run.main([*args, "--name", "gat-simple_s3", "--set", "max_iterations=2"]) == 0
+    first = [*args, "--name", "gat-simple_s3", "--set", "max_iterations=2"]
+    # --resume (no --name): finds the run in the bucket and continues from its S3 checkpoint
+    second = [*args, "--resume", "--set", "max_iterations=3"]
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-c", RUN_TWICE, "|".join(first), "|".join(second)], cwd=tmp_path,
+                            env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     files = _files(s3_env, "trainyard-test/runs/gat-simple_s3")
     assert "checkpoint_manager_snapshot.json" in files
     assert any(f.startswith("checkpoint_") and f.endswith("/state.pt") for f in files), files
     assert any(f.startswith("tensorboard/events.out.tfevents.") for f in files), files
     assert "summary.json" in files
-    assert not Path("s3:").exists() and not (Path.cwd() / "s3:").exists()  # no local stand-in folder
-    # --resume (no --name) finds the run in the bucket and continues from its S3 checkpoint
-    assert run.main([*args, "--resume", "--set", "max_iterations=3"]) == 0
-    newest = max((f for f in _files(s3_env, "trainyard-test/runs/gat-simple_s3") if f.endswith("/state.pt")),
-                 key=lambda f: int(load_bytes(s3_env, f"trainyard-test/runs/gat-simple_s3/{f}", tmp_path)["iteration"]))
-    payload = load_bytes(s3_env, f"trainyard-test/runs/gat-simple_s3/{newest}", tmp_path)
-    assert payload["iteration"] == 3
-    assert [int(row["iteration"]) for row in payload["trainer"]["history"]] == [1, 2, 3]
+    assert not list(tmp_path.glob("s3*")), "a local stand-in folder was made"
+    from pyarrow import fs
 
-
-def load_bytes(s3, path: str, folder: Path) -> dict:
-    local = folder / path.replace("/", "_")
-    with s3.open_input_stream(path) as source:
-        local.write_bytes(source.read())
-    return load_checkpoint(local, "gat-simple")
+    local = tmp_path / "downloaded"
+    fs.copy_files("trainyard-test/runs/gat-simple_s3", str(local), source_filesystem=s3_env,
+                  destination_filesystem=fs.LocalFileSystem())
+    newest = max((load_checkpoint(p, "gat-simple") for p in local.glob("checkpoint_*/state.pt")),
+                 key=lambda state: state["iteration"])
+    assert newest["iteration"] == 3
+    assert [int(row["iteration"]) for row in newest["trainer"]["history"]] == [1, 2, 3]
+    # two processes logged: the second one ran iteration 3 only (resumed, not from scratch)
+    assert steps_per_worker(local) == [[1, 2], [3]]

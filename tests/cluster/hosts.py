@@ -227,8 +227,9 @@ def up(wheels: Path, count: int = 3) -> tuple[list[Host], Path]:
     return hosts, key
 
 
-def down(count: int = 3) -> None:
-    """Ends every host (its init, so every process in it), removes the network and cgroups."""
+def down(count: int = 3, remove_files: bool = True) -> None:
+    """Ends every host (its init, so every process in it), removes the network and cgroups, and
+    (unless told to keep them, for a look at Ray's logs after a failure) the hosts' files."""
     for host in host_list(count):
         for name in ("init.pid", "launcher.pid"):
             pid_file = host.folder / name
@@ -247,10 +248,12 @@ def down(count: int = 3) -> None:
                 cpuset.rmdir()
             except OSError:
                 time.sleep(0.5)  # its last processes are still exiting
-        shutil.rmtree(host.folder / "tmp", ignore_errors=True)
-        shutil.rmtree(host.folder / "home", ignore_errors=True)
+        if remove_files:
+            shutil.rmtree(host.folder / "tmp", ignore_errors=True)
+            shutil.rmtree(host.folder / "home", ignore_errors=True)
     sh(["ip", "link", "del", BRIDGE], check=False)
-    shutil.rmtree(SHARED, ignore_errors=True)
+    if remove_files:
+        shutil.rmtree(SHARED, ignore_errors=True)
 
 
 if __name__ == "__main__":
