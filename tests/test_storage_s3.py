@@ -150,7 +150,8 @@ def test_a_run_on_s3_storage_writes_there_and_resumes_from_its_s3_checkpoint(s3_
                   destination_filesystem=fs.LocalFileSystem())
     newest = max((load_checkpoint(p, "gat-simple") for p in local.glob("checkpoint_*/state.pt")),
                  key=lambda state: state["iteration"])
-    assert newest["iteration"] == 3
+    assert newest["iteration"] == 3, (sorted(p.name for p in local.rglob("*")), steps_per_worker(local),
+                                      result.stdout[-4000:], result.stderr[-3000:])
     assert [int(row["iteration"]) for row in newest["trainer"]["history"]] == [1, 2, 3]
     # two processes logged: the second one ran iteration 3 only (resumed, not from scratch)
     assert steps_per_worker(local) == [[1, 2], [3]]
