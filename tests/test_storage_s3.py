@@ -120,7 +120,9 @@ RUN_TWICE = """
 import sys
 import run
 first, second = sys.argv[1].split("|"), sys.argv[2].split("|")
-sys.exit(run.main(first) or run.main(second))
+codes = (run.main(first), run.main(second))
+print("EXIT CODES", codes)
+sys.exit(0 if codes == (1, 0) else 3)
 """
 
 
@@ -130,10 +132,12 @@ def test_a_run_on_s3_storage_writes_there_and_resumes_from_its_s3_checkpoint(s3_
     processes inherit them; the session's shared Ray was started before this test set them)."""
     storage = "s3://trainyard-test/runs"
     args = ["--algorithm", "gat-simple", "--storage", storage, *[f"--set={s}" for s in small_sets]]
-    first = [*args, "--name", "gat-simple_s3", "--set", "max_iterations=2"]
-    # --resume (no --name): finds the run in the bucket and continues from its S3 checkpoint
+    # the first run dies reporting iteration 3 (no restarts allowed): checkpoints 1 and 2 are in
+    # the bucket, the run unfinished; --resume (no --name) finds it there and finishes it
+    first = [*args, "--name", "gat-simple_s3", "--set", "max_iterations=3", "--max-failures", "0"]
     second = [*args, "--resume", "--set", "max_iterations=3"]
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env["TRAINYARD_FAIL_ONCE"] = f"3:{tmp_path / 'failed-once'}"
     result = subprocess.run([sys.executable, "-c", RUN_TWICE, "|".join(first), "|".join(second)], cwd=tmp_path,
                             env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -153,5 +157,5 @@ def test_a_run_on_s3_storage_writes_there_and_resumes_from_its_s3_checkpoint(s3_
     assert newest["iteration"] == 3, (sorted(p.name for p in local.rglob("*")), steps_per_worker(local),
                                       result.stdout[-4000:], result.stderr[-3000:])
     assert [int(row["iteration"]) for row in newest["trainer"]["history"]] == [1, 2, 3]
-    # two processes logged: the second one ran iteration 3 only (resumed, not from scratch)
+    # two worker processes logged: the second ran iteration 3 only (resumed, not from scratch)
     assert steps_per_worker(local) == [[1, 2], [3]]
