@@ -147,5 +147,8 @@ def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, sch
                                     # torch-geometric already imported) instead of starting one
                                     reuse_actors=reuse_actors),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
-                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures),
+                                  # a trial's figures are written on the node that ran it: copied
+                                  # into the trial's folder under the storage at every report
+                                  sync_config=tune.SyncConfig(sync_artifacts=True)),
     )
