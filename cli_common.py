@@ -83,6 +83,10 @@ def config_error_types() -> tuple[type[Exception], ...]:
 
 
 def resolve_storage(storage: str) -> Path:
+    """A folder (local or NFS); an address (s3://...) is refused here: only run.py takes one."""
+    if "://" in storage:
+        raise ValueError(f"--storage {storage}: a search's storage is a folder (local, or NFS on a cluster); "
+                         "run.py takes s3:// addresses")
     path = Path(storage).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path

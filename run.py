@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cli_common import (EXIT_FAILED, EXIT_OK, assemble_config, config_error_types, fail,
-                        require_minimums, resolve_storage, start_ray, summary_order)
+                        require_minimums, start_ray, summary_order)
 from trainers.checkpoint import CheckpointError, load_checkpoint
 from trainers.registry import algorithm_names, get_algorithm, run_name_prefix
 
@@ -38,7 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--actors", type=int, help="for an algorithm that starts Ray actors of its own: N of them, "
                                                    "spread over the cluster's nodes")
     parser.add_argument("--storage", default=os.environ.get("TRAINYARD_STORAGE", "results"),
-                        help="where runs, checkpoints and logs go (default: $TRAINYARD_STORAGE or ./results)")
+                        help="where runs, checkpoints and logs go: a folder (NFS on a cluster) or s3://BUCKET/PREFIX "
+                             "(endpoint and credentials from the AWS variables; default: $TRAINYARD_STORAGE "
+                             "or ./results)")
     parser.add_argument("--name", help="run name (default: ALGORITHM_TIMESTAMP)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the latest run of this algorithm in --storage (or --name)")
@@ -60,29 +62,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def latest_run_name(storage: Path, prefix: str) -> str | None:
-    runs = [p for p in storage.glob(f"{prefix}_*") if (p / "checkpoint_manager_snapshot.json").exists()]
-    return max(runs, key=lambda p: p.stat().st_mtime).name if runs else None
+def latest_run_name(storage, prefix: str) -> str | None:
+    runs = storage.run_folders(f"{prefix}_", "checkpoint_manager_snapshot.json")
+    return max(runs, key=lambda run: run[1])[0] if runs else None
 
 
-def choose_run_name(args: argparse.Namespace, storage: Path, spec) -> str:
+def choose_run_name(args: argparse.Namespace, storage, spec) -> str:
     if args.name:
         return args.name
     prefix = run_name_prefix(spec)
     if args.resume:
         name = latest_run_name(storage, prefix)
         if name is None:
-            raise ValueError(f"--resume: no earlier run of {spec.name} with a checkpoint in {storage}")
+            raise ValueError(f"--resume: no earlier run of {spec.name} with a checkpoint in {storage.show()}")
         return name
     return f"{prefix}_{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def print_summary(result, run_dir: Path, seconds: float, metric: str) -> None:
+def print_summary(result, storage, run_name: str, seconds: float, metric: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     metrics = result.metrics or {}
-    table = Table(title=f"{run_dir.name}: finished in {seconds:.1f} s", show_header=True)
+    table = Table(title=f"{run_name}: finished in {seconds:.1f} s", show_header=True)
     table.add_column("what")
     table.add_column("value", overflow="fold")
     for key in summary_order(metrics):
@@ -95,29 +97,37 @@ def print_summary(result, run_dir: Path, seconds: float, metric: str) -> None:
     best = getattr(result, "best_checkpoints", None) or []
     if best:
         table.add_row("best checkpoints", ", ".join(Path(c.path).name for c, _ in best))
-    table.add_row("TensorBoard", f"tensorboard --logdir {run_dir / 'tensorboard'}")
-    table.add_row("figures", str(run_dir / "figures"))
-    reconstruction = run_dir / "reconstruction"  # imaging: the reconstruction as data
-    if reconstruction.is_dir():
+    table.add_row("TensorBoard", f"tensorboard --logdir {storage.show(run_name, 'tensorboard')}")
+    table.add_row("figures", storage.show(run_name, "figures"))
+    reconstruction = storage.local / run_name / "reconstruction" if storage.local else None
+    if reconstruction is not None and reconstruction.is_dir():  # the reconstruction as data, where one is written
         table.add_row("reconstruction", f"{reconstruction}: " + ", ".join(sorted(p.name for p in reconstruction.iterdir())))
     Console(width=140).print(table)
 
 
-def write_summary(result, run_dir: Path, seconds: float, plan, metric: str) -> None:
+def write_summary(result, storage, run_name: str, seconds: float, plan, metric: str) -> None:
     """<run>/summary.json: the final metrics and what the run had, for scripts (atomic)."""
+    import tempfile
+
     from trainers.checkpoint import write_json_atomic
 
     metrics = {key: value for key, value in (result.metrics or {}).items() if isinstance(value, (int, float))}
-    write_json_atomic({"metric": metric, "metrics": metrics, "wall_seconds": seconds, "workers": plan.workers,
-                       "cpus_per_worker": plan.cpus_per_worker, "gpus_per_worker": plan.gpus_per_worker,
-                       "checkpoint": result.checkpoint.path if result.checkpoint else None},
-                      run_dir / "summary.json")
+    summary = {"metric": metric, "metrics": metrics, "wall_seconds": seconds, "workers": plan.workers,
+               "cpus_per_worker": plan.cpus_per_worker, "gpus_per_worker": plan.gpus_per_worker,
+               "checkpoint": result.checkpoint.path if result.checkpoint else None}
+    if not storage.remote:
+        write_json_atomic(summary, storage.local / run_name / "summary.json")
+        return
+    with tempfile.TemporaryDirectory(prefix="trainyard-summary-") as folder:
+        write_json_atomic(summary, Path(folder) / "summary.json")
+        storage.upload(Path(folder), run_name)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from distributed.resources import (ResourceError, check_local_gpus, cluster_totals, largest_node_cpus,
                                        plan_with_parts, ray_parts_of)
+    from distributed.storage import resolve as resolve_run_storage
 
     try:
         spec, config = assemble_config(args.algorithm, args.config, args.set + actor_sets(args))
@@ -128,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.from_checkpoint:
             load_checkpoint(args.from_checkpoint, spec.name)  # checked here, at the edge
             initial = args.from_checkpoint
-        storage = resolve_storage(args.storage)
+        storage = resolve_run_storage(args.storage)
         run_name = choose_run_name(args, storage, spec)
     except config_error_types() + (ResourceError, CheckpointError, ValueError) as error:
         return fail(str(error))
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     actors = f", {parts.describe()}" if parts else ""
     print(f"run {run_name}: {spec.name}, {plan.workers} worker(s) x {plan.cpus_per_worker:g} CPU"
-          f"{f' + {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''}{actors}, storage {storage}",
+          f"{f' + {plan.gpus_per_worker:g} GPU' if plan.gpus_per_worker else ''}{actors}, storage {storage.show()}",
           flush=True)
     started = time.perf_counter()
     try:
@@ -171,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             mlflow_tracking.finish_run(mlflow, run_name, None, status="FAILED")
         return fail(f"training failed: {str(error).strip().splitlines()[0]}", EXIT_FAILED)
     seconds = time.perf_counter() - started
-    print_summary(result, storage / run_name, seconds, config.metric)
-    write_summary(result, storage / run_name, seconds, plan, config.metric)
+    print_summary(result, storage, run_name, seconds, config.metric)
+    write_summary(result, storage, run_name, seconds, plan, config.metric)
     if mlflow:
         from trainers import mlflow_tracking
 

@@ -8,6 +8,7 @@ RayTuneContext runs a one-worker trainer directly inside a Tune trial (no TorchT
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import ray.tune
 import torch
 import torch.distributed as dist
 
+from distributed.storage import Storage
 from trainers.checkpoint import STATE_FILE, CheckpointError, WrongAlgorithmError, load_checkpoint, save_atomic
 from trainers.context import LoggingMixin
 from trainers.run_logger import RunLogger
@@ -78,15 +80,21 @@ def quiet_report_log() -> None:
 
 
 class RayTrainContext(LoggingMixin):
-    def __init__(self, algorithm: str, config: dict[str, Any], run_dir: str, run_name: str,
+    def __init__(self, algorithm: str, config: dict[str, Any], run_dir: str | None, run_name: str,
                  use_wandb: bool = False, max_iterations: int | None = None, mlflow: dict[str, str] | None = None,
-                 progress: Any = None):
+                 progress: Any = None, remote_storage: dict[str, str] | None = None):
         train_context = ray.train.get_context()
         self.algorithm = algorithm
         self.rank = train_context.get_world_rank()
         self.world_size = train_context.get_world_size()
         self.device = ray.train.torch.get_device()
         quiet_report_log()
+        # --storage s3://: rank 0 writes into a local folder and copies it to the run's place in
+        # the bucket after every checkpoint and at the end
+        self.remote = Storage(**remote_storage) if remote_storage else None
+        self.run_name = run_name
+        if self.remote is not None and self.rank == 0:
+            run_dir = tempfile.mkdtemp(prefix=f"trainyard-{run_name}-")
         # rank 0 alone writes TensorBoard, figures and W&B (V2 writes no TensorBoard itself)
         self.output_dir = Path(run_dir) if self.rank == 0 else None
         # the driver's progress line (a ProgressBoard actor), or None: a progress line per
@@ -107,6 +115,17 @@ class RayTrainContext(LoggingMixin):
             ray.train.report(metrics)  # every rank reports; only rank 0 carries the checkpoint
             return
         _report_with_checkpoint(ray.train.report, ray.train.Checkpoint, metrics, state)
+        self.upload_outputs()
+
+    def upload_outputs(self) -> None:
+        if self.remote is not None and self.output_dir is not None:
+            self.remote.upload(self.output_dir, self.run_name)
+
+    def close(self) -> None:
+        super().close()
+        self.upload_outputs()
+        if self.remote is not None and self.output_dir is not None:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
 
     def latest_state(self) -> dict[str, Any] | None:
         return _load_ray_checkpoint(ray.train.get_checkpoint(), self.algorithm)

@@ -9,12 +9,14 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from distributed.resources import WorkerPlan
+from distributed.storage import Storage
 from distributed.worker import train_loop_per_worker
 from trainers.config import TrainerConfig
 from trainers.registry import get_algorithm
 from trainers.run_logger import SECRET_MARKERS
 
-FORWARDED_ENV_PREFIXES = ("TRAINYARD_", "WANDB_", "MLFLOW_")
+# AWS_: the S3 endpoint and region of --storage s3://; its secrets stay out (SECRET_MARKERS)
+FORWARDED_ENV_PREFIXES = ("TRAINYARD_", "WANDB_", "MLFLOW_", "AWS_")
 # Train V2's controller takes each worker's report when it polls them, every 2 s by default,
 # and a worker cannot report again before that: iterations shorter than 2 s were stretched to
 # 2 s. Polling every 0.25 s costs the controller little. Ray propagates this variable from the
@@ -31,7 +33,7 @@ def worker_env_vars() -> dict[str, str]:
             if k.startswith(FORWARDED_ENV_PREFIXES) and not any(m in k.lower() for m in SECRET_MARKERS)}
 
 
-def build_torch_trainer(spec, config: TrainerConfig, plan: WorkerPlan, storage: Path,
+def build_torch_trainer(spec, config: TrainerConfig, plan: WorkerPlan, storage: Path | Storage,
                         run_name: str, *, use_wandb: bool = False, keep_checkpoints: int = 2,
                         max_failures: int = 2, callbacks: list[Any] | None = None,
                         resume_from: Any = None, mlflow: dict[str, str] | None = None,
@@ -40,13 +42,16 @@ def build_torch_trainer(spec, config: TrainerConfig, plan: WorkerPlan, storage: 
     if isinstance(spec, str):
         spec = get_algorithm(spec)
     os.environ.setdefault(POLL_ENV, POLL_SECONDS)
+    storage = storage if isinstance(storage, Storage) else Storage(local=Path(storage))
     resources = {"CPU": plan.cpus_per_worker}
     if plan.gpus_per_worker > 0:
         resources["GPU"] = plan.gpus_per_worker
     loop_config = {
         "algorithm": spec.reference,  # resolved again in the worker (the registry, or module:Class)
         "config": config.model_dump(),
-        "run_dir": str(Path(storage) / run_name),
+        # rank 0's TensorBoard and figures: in the run's folder, or staged and copied to S3
+        "run_dir": None if storage.remote else str(storage.local / run_name),
+        "remote_storage": {"bucket": storage.bucket, "prefix": storage.prefix} if storage.remote else None,
         "run_name": run_name,
         "use_wandb": use_wandb,
         "mlflow": mlflow,  # the MLflow run rank 0 logs into (--mlflow), else None
@@ -54,7 +59,8 @@ def build_torch_trainer(spec, config: TrainerConfig, plan: WorkerPlan, storage: 
     }
     run_config = RunConfig(
         name=run_name,
-        storage_path=str(storage),
+        storage_path=storage.ray_path(),
+        storage_filesystem=storage.ray_filesystem(),
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(
             num_to_keep=keep_checkpoints,

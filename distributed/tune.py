@@ -175,7 +175,10 @@ def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, sch
                                     trial_name_creator=namer, trial_dirname_creator=namer),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks or [],
                                   failure_config=tune.FailureConfig(max_failures=max_failures),
-                                  verbose=2 if verbose else 0),
+                                  verbose=2 if verbose else 0,
+                                  # a trial's figures are written on the node that ran it: copied
+                                  # into the trial's folder under the storage at every report
+                                  sync_config=tune.SyncConfig(sync_artifacts=True)),
     )
 
 

@@ -12,19 +12,35 @@ from typing import Any
 
 from distributed.context import RayTrainContext, RayTuneContext
 from distributed.resources import prepare_ray_worker
+from trainers.config import ConfigError
 from trainers.registry import get_algorithm
 
 FAIL_ONCE_ENV = "TRAINYARD_FAIL_ONCE"
 
 
+def check_files_on_this_node(config) -> None:
+    """The files a config names, checked again where they are read: the driver's check sees
+    the head's disk, and a path missing on a worker node must say which node."""
+    try:
+        config.check_files()
+    except ConfigError as error:
+        import socket
+
+        import ray.util
+
+        raise ConfigError(f"on node {socket.gethostname()} ({ray.util.get_node_ip_address()}): {error}") from None
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     spec = get_algorithm(loop_config["algorithm"])
     config = spec.config_class(**loop_config["config"])
+    check_files_on_this_node(config)
     prepare_ray_worker(spec, config)
     context = RayTrainContext(spec.name, config.model_dump(), loop_config["run_dir"], loop_config["run_name"],
                               use_wandb=loop_config.get("use_wandb", False),
                               max_iterations=config.max_iterations, mlflow=loop_config.get("mlflow"),
-                              progress=loop_config.get("progress"))
+                              progress=loop_config.get("progress"),
+                              remote_storage=loop_config.get("remote_storage"))
     arm_failure_injection(context)
     try:
         spec.trainer_class()(config, context).fit()
@@ -38,6 +54,7 @@ def tune_trial(trial_config: dict[str, Any]) -> None:
     base.update(trial_config["params"])
     spec = get_algorithm(trial_config["algorithm"])
     config = spec.config_class(**base)
+    check_files_on_this_node(config)
     prepare_ray_worker(spec, config)
     context = RayTuneContext(spec.name, config.model_dump(), use_wandb=trial_config.get("use_wandb", False),
                              mlflow=trial_config.get("mlflow"))

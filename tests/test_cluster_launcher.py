@@ -182,3 +182,68 @@ def test_ray_up_submit_down_on_loopback(loopback_ssh, tmp_path):
         assert payload["iteration"] == 2
         assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert (storage / "mopie" / "figures" / "reconstruction.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------- the shipped file's promises
+def _shipped() -> dict:
+    return yaml.safe_load(SHIPPED.read_text())
+
+
+def test_every_start_command_fixes_the_documented_ports_and_turns_tokens_on():
+    config = _shipped()
+    head = " ".join(config["head_start_ray_commands"])
+    worker = " ".join(config["worker_start_ray_commands"])
+    common = ["--object-manager-port=8076", "--node-manager-port=8077", "--min-worker-port=10002",
+              "--max-worker-port=19999", "--dashboard-agent-listen-port=52365", "--dashboard-agent-grpc-port=52366",
+              "--runtime-env-agent-port=52367", "--metrics-export-port=8090"]
+    for flag in common + ["--port=6379", "--dashboard-host=127.0.0.1", "--dashboard-port=8265",
+                          "--ray-client-server-port=10001"]:
+        assert flag in head, flag
+    for flag in common + ["--address=$RAY_HEAD_IP:6379"]:
+        assert flag in worker, flag
+    comment = SHIPPED.read_text().split("cluster_name:")[0]
+    for port in ("6379", "8076", "8077", "10001", "10002-19999", "52365", "8265"):
+        assert port in comment, f"port {port} is not in the file's network comment"
+    # token authentication: required on every node (a node without the token fails to start)
+    assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in worker
+    assert "~/.ray/auth_token" in config["cluster_synced_files"]  # the head's token, copied to workers
+    made = [c for c in config["head_setup_commands"] if "get-auth-token" in c]
+    assert made and "> /dev/null" in made[0], "the token is made on the head and never printed"
+    # v1 autoscaler (v2's local provider stops after one worker), set where the head's monitor starts
+    assert "RAY_enable_autoscaler_v2=0" in head
+    # the watch that stops a worker's Ray after `ray down`
+    assert "ray stop --force" in worker and "health-check" in worker
+
+
+def test_a_worker_listed_twice_is_refused(tmp_path, capsys):
+    from distributed.cluster_file import ClusterFileError, check_machine_list, main
+
+    check_machine_list(_shipped())  # the shipped file itself is fine
+    twice = loopback_config(_shipped(), USER, tmp_path / "key")
+    twice["provider"].update(head_ip="10.1.0.10", worker_ips=["10.1.0.11", "10.1.0.12", "10.1.0.11"])
+    with pytest.raises(ClusterFileError, match=r"10\.1\.0\.11 more than once"):
+        check_machine_list(twice)
+    head_too = yaml.safe_load(yaml.safe_dump(twice))
+    head_too["provider"]["worker_ips"] = ["10.1.0.11", "10.1.0.10"]
+    with pytest.raises(ClusterFileError, match=r"the head 10\.1\.0\.10"):
+        check_machine_list(head_too)
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(twice))
+    assert main([str(path)]) == 2
+    assert "provider.worker_ips lists 10.1.0.11 more than once" in capsys.readouterr().err
+    # and `ray up` runs the check on the head, against the file it was given
+    assert any("distributed.cluster_file ~/ray_bootstrap_config.yaml" in c for c in _shipped()["head_setup_commands"])
+
+
+def test_a_config_file_missing_on_a_node_is_named_with_that_node(tmp_path):
+    """The driver checks files on its own disk; each node checks them again where they are
+    read, and the error names the node (here: this machine, playing a worker node)."""
+    import socket
+
+    from distributed.worker import check_files_on_this_node
+    from trainers.config import ConfigError
+    from trainers.registry import get_algorithm
+
+    config = get_algorithm("gat-simple").config_class(events=str(tmp_path / "missing.parquet"))
+    with pytest.raises(ConfigError, match=rf"on node {socket.gethostname()} \(.+\): events = .*does not exist"):
+        check_files_on_this_node(config)

@@ -29,9 +29,9 @@ def classify_run(ray_session, tmp_path_factory):
     reported = {}
     summary = run.print_summary
 
-    def keep_metrics(result, run_dir, seconds, metric):
+    def keep_metrics(result, *rest):
         reported.update(result.metrics or {})
-        summary(result, run_dir, seconds, metric)
+        summary(result, *rest)
 
     run.print_summary = keep_metrics
     try:

@@ -1,5 +1,6 @@
 """Security at the edges: checkpoints never unpickle code, the local dashboard listens on
-loopback only, and a W&B key in the environment is written nowhere by a run."""
+loopback only, and neither a W&B key in the environment nor Ray's cluster token is written
+anywhere by a run."""
 from __future__ import annotations
 
 import ast
@@ -119,10 +120,19 @@ def test_session_dashboard_listens_on_loopback(ray_session):
 SECRET = "fake-wandb-key-7f3a9c1e0b5d4e2f8a6c"
 
 
+def ray_token() -> str:
+    """The token this session's Ray authenticates with (its own file, or RAY_AUTH_TOKEN)."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    token = AuthenticationTokenLoader.instance().get_raw_token(ignore_auth_mode=True)
+    assert token and len(token) >= 16, "the test session's Ray runs without a token"
+    return token
+
+
 @pytest.mark.ray
-def test_a_wandb_key_is_written_nowhere(ray_session, small_sets, tmp_path, monkeypatch, capfd):
+def test_a_wandb_key_and_the_ray_token_are_written_nowhere(ray_session, small_sets, tmp_path, monkeypatch, capfd):
     """A run.py run with W&B on and an API key in the environment (offline mode, no network):
-    the key is in no file of the run folder (configs, checkpoints, TensorBoard events, figures,
+    the key, and the token of the Ray it runs on, are in no file of the run folder (configs, checkpoints, TensorBoard events, figures,
     W&B's own offline files), not in what the run printed, not in Ray's session logs."""
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -135,13 +145,16 @@ def test_a_wandb_key_is_written_nowhere(ray_session, small_sets, tmp_path, monke
     kinds = {p.name.split(".")[0] for p in files}
     assert "events" in kinds and "state" in kinds  # TensorBoard and checkpoints were written
     assert list(run_dir.rglob("wandb/offline-run-*")), "W&B wrote no offline run"
-    leaks = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
-    assert not leaks, leaks
+    token = ray_token()
+    for secret in (SECRET, token):  # in configs, checkpoints, TensorBoard, figures, W&B files
+        leaks = [str(p) for p in files if secret.encode() in p.read_bytes()]
+        assert not leaks, leaks
     printed = "".join(capfd.readouterr())
-    assert SECRET not in printed
+    assert SECRET not in printed and token not in printed
     session_logs = Path(ray_session._private.worker._global_node.get_session_dir_path()) / "logs"
-    leaks = [str(p) for p in session_logs.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
-    assert not leaks, leaks
+    for secret in (SECRET, token):
+        leaks = [str(p) for p in session_logs.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+        assert not leaks, leaks
 
 
 @pytest.mark.ray
