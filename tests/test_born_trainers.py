@@ -192,7 +192,7 @@ def test_adversarial_training_buys_robustness_on_digits():
     """4 epochs each on digits; measured with seeds 0, 1, 2: PGD accuracy at eps 0.1 from
     0.64/0.64/0.61 (plain) to 0.72/0.78/0.71 (PGD-AT), clean accuracy 1.7 to 2.8 points lower."""
     values = dict(dataset="digits", feature_dim=2, bond_dim=8, batch_size=32, lr=2e-3, schedule="none",
-                  max_iterations=4, patience=0, fid_samples=10)
+                  max_iterations=4, patience=0, fid_samples=10, lr_scaling="none")
     plain = BornClassifyTrainer(BornClassifyTrainer.config_class(**values), LocalContext("born-classify")).fit()
     trainer = BornAdversarialTrainer(BornAdversarialTrainer.config_class(**values, curriculum_epochs=2),
                                      LocalContext("born-adversarial"))
