@@ -287,7 +287,8 @@ def self_play_actor_cpus(config, workers: int) -> float:
     if getattr(config, "collector", None) != "ray":
         return 0.0
     servers = workers if config.inference == "server" else 0
-    return (config.actors + servers) * config.actor_cpus
+    evaluators = getattr(config, "eval_actors", 0) if workers == 1 else 0   # evaluation actors (one learner)
+    return (config.actors + servers + evaluators) * config.actor_cpus
 
 
 def trial_status(result) -> str:
