@@ -169,11 +169,11 @@ def plan_learners(args: argparse.Namespace, config, cpus: float, gpus: float):
     if getattr(config, "collector", None) != "ray":
         return plan_workers(args.workers, args.gpus_per_worker, cpus, gpus)
     serve = config.inference == "server"
-    evaluators = getattr(config, "eval_actors", 0) if args.workers == 1 else 0   # ppo-shogi: evaluation actors
-    return plan_with_actors(args.workers, args.gpus_per_worker, cpus, gpus, actors=config.actors + evaluators,
+    return plan_with_actors(args.workers, args.gpus_per_worker, cpus, gpus, actors=config.actors,
                             actor_cpus=config.actor_cpus, servers=args.workers if serve else 0,
                             server_gpus=config.inference_gpus if serve and args.gpus_per_worker > 0 else 0.0,
-                            largest_node=largest_node_cpus())
+                            largest_node=largest_node_cpus(),
+                            evaluators=config.eval_actors if args.workers == 1 else 0)
 
 
 def _ray_address_set() -> bool:

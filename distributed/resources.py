@@ -73,9 +73,10 @@ MIN_LEARNER_CPUS = 0.1
 
 def plan_with_actors(workers: int, gpus_per_worker: float, cpus: float, gpus: float, *, actors: int,
                      actor_cpus: float, servers: int = 0, server_gpus: float = 0.0,
-                     largest_node: float | None = None) -> WorkerPlan:
+                     largest_node: float | None = None, evaluators: int = 0) -> WorkerPlan:
     """Learner workers beside `actors` self-play actors (and `servers` inference actors, one per
-    learner, each holding `actor_cpus` and `server_gpus`).
+    learner, each holding `actor_cpus` and `server_gpus`, and `evaluators` evaluation actors of
+    `actor_cpus` each).
 
     The actors get `actor_cpus` each: they play at the same time. The learners get what is left,
     1 CPU each where it fits, else a fraction (at least 0.1): PPO here is synchronous, the learner
@@ -91,14 +92,15 @@ def plan_with_actors(workers: int, gpus_per_worker: float, cpus: float, gpus: fl
         raise ResourceError(f"{workers} learner(s) x {gpus_per_worker:g} GPU plus {servers} inference actor(s) x "
                             f"{server_gpus:g} GPU need {held_gpus + workers * gpus_per_worker:g} GPUs; the cluster "
                             f"has {gpus:g} (share one GPU with fractions: --set inference_gpus=...)")
-    held = (actors + servers) * actor_cpus
+    held = (actors + servers + evaluators) * actor_cpus
     if held + workers * MIN_LEARNER_CPUS > cpus + 1e-9:
         # the suggestion leaves each learner a whole CPU where the cluster has one for it
         spare = cpus - workers if cpus > workers else cpus - workers * MIN_LEARNER_CPUS
-        fits = spare / (actors + servers)
+        fits = spare / (actors + servers + evaluators)
         hint = f" or --set actor_cpus={int(fits * 100) / 100:g}" if fits >= 0.01 else ""
         raise ResourceError(f"--actors {actors} x actor_cpus {actor_cpus:g}"
-                            f"{f' + {servers} inference actor(s)' if servers else ''} = {held:g} CPUs, plus "
+                            f"{f' + {servers} inference actor(s)' if servers else ''}"
+                            f"{f' + {evaluators} evaluation actor(s) (eval_actors)' if evaluators else ''} = {held:g} CPUs, plus "
                             f"{workers} learner(s) x at least {MIN_LEARNER_CPUS:g} CPU, do not fit the cluster's "
                             f"{cpus:g} CPUs: use fewer --actors{hint}")
     return plan_workers(workers, gpus_per_worker, cpus, gpus - held_gpus, reserved_cpus=held)
