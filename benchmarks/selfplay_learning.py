@@ -155,7 +155,8 @@ def run(args) -> dict:
     searches = ["none"] + ([args.search] if args.search != "none" else [])
     for search in searches:
         played = config.model_copy(update={"play_search": search})
-        for label, weights in (("selected", selected), ("last", last["weights"])):
+        # the last iteration's weights play without search only (the search costs ~search_width x)
+        for label, weights in (("selected", selected), ("last", last["weights"]))[:1 if search != "none" else 2]:
             row["final"][f"{label}_{search}"] = final_matches(played, weights, args.final_games, args.final_workers,
                                                               seed=1)
     row["final_seconds"] = round(time.perf_counter() - final_started, 1)
@@ -197,8 +198,8 @@ def main() -> int:
           f"{row['final_seconds']} s")
     print(f"{'weights / search':<22}" + "".join(f"{name:>16}" for name in next(iter(row["final"].values()))))
     for label, table in row["final"].items():
-        print(f"{label:<22}" + "".join(f"{r['wins']:>5}/{r['draws']:>3}/{r['losses']:>3} W/D/L"[:16].rjust(16)
-                                        for r in table.values()))
+        print(f"{label:<22}" + "".join(f"{r['wins']}/{r['draws']}/{r['losses']}".rjust(16) for r in table.values())
+              + "   (wins/draws/losses)")
     for label, table in row["final"].items():
         one, two = table.get("one_ply"), table.get("two_ply")
         if one:

@@ -5,8 +5,8 @@ one actor playing alone (the same actor class, the same config, no learner).
     python benchmarks/selfplay_loop.py [--actors 1,4,8,12] [--iterations 12] [--device cuda]
         [--eval-actors 3] [--set KEY=VALUE ...] [--out FILE]
 
-Per N: plies per second over iterations 3..last (the first two start the actors and fill the
-pipeline), `efficiency` = that / (N x the standalone rate) (goal >= 0.70 at N = 12), and the
+Per N: plies per second over iterations 3 .. last - 1 (the first two start the actors and fill
+the pipeline, the last waits for the evaluations in flight), `efficiency` = that / (N x the standalone rate) (goal >= 0.70 at N = 12), and the
 learner's idle share: the part of the wall time it spends waiting in collect() for batches.
 Writes benchmarks/results/selfplay_loop.json.
 """
@@ -56,7 +56,9 @@ def loop_rate(config, device: str, iterations: int) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="trainyard-selfplay-loop-"))
     trainer = PpoShogiTrainer(config, LocalContext("ppo-shogi", folder, device=device, resume=False))
     result = trainer.fit()
-    rows = result.history[2:]
+    # iterations 3 .. last - 1: the first waits for its evaluation and starts the pipeline, the
+    # last waits for every evaluation still being played
+    rows = result.history[2:-1]
     wall = rows[-1]["elapsed_seconds"] - result.history[1]["elapsed_seconds"]
     plies = rows[-1]["total_plies"] - result.history[1]["total_plies"]
     return {"iterations": len(result.history), "plies_per_second": plies / wall, "wall_seconds": wall,
@@ -90,6 +92,12 @@ def main() -> int:
     alone = standalone_rate(one)
     print(f"one actor alone: {alone['plies_per_second']:.0f} plies/s")
     rows = []
+    report = {"machine": f"{platform.node()}: {os.cpu_count()} CPUs"
+              + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
+              "device": args.device, "sets": args.set, "eval_actors": args.eval_actors, "standalone": alone,
+              "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for n in counts:
         config = build_config(PpoShogiConfig, {**base, "collector": "ray", "actors": n,
                                                "eval_actors": args.eval_actors, "max_iterations": args.iterations,
@@ -97,17 +105,11 @@ def main() -> int:
         row = {"actors": n, **loop_rate(config, args.device, args.iterations)}
         row["efficiency"] = row["plies_per_second"] / (n * alone["plies_per_second"])
         rows.append(row)
+        out.write_text(json.dumps(report, indent=2))   # after every N: a cut-short run keeps what it measured
         print(f"N={n:>3}: {row['plies_per_second']:>8.0f} plies/s in the loop = {row['efficiency']:.2f} x N x alone; "
               f"learner idle {row['learner_idle_fraction']:.2f}; update {row['update_seconds_median']:.2f} s, "
-              f"iteration {row['iteration_seconds_median']:.2f} s")
+              f"iteration {row['iteration_seconds_median']:.2f} s", flush=True)
     ray.shutdown()
-    report = {"machine": f"{platform.node()}: {os.cpu_count()} CPUs"
-              + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""),
-              "device": args.device, "sets": args.set, "eval_actors": args.eval_actors, "standalone": alone,
-              "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -78,8 +78,9 @@ def score_rate(result: MatchResult) -> float:
 
 
 def ladder_score(results: dict[str, MatchResult], ladder: list[str]) -> float:
-    """Sum over the ladder of the learner's score rate (see the module docstring)."""
-    return float(sum(score_rate(results[name]) for name in ladder))
+    """Sum over the ladder of the learner's score rate (see the module docstring); a rung that
+    was not played (the learner did not beat the one below it) counts 0."""
+    return float(sum(score_rate(results[name]) for name in ladder if name in results))
 
 
 def match_metrics(result: MatchResult | None, suffix: str) -> dict[str, float]:
@@ -107,7 +108,11 @@ class Evaluator(Protocol):
 
 
 class LocalEvaluator:
-    """Plays every match at `submit`, in this process."""
+    """Plays the matches at `submit`, in this process, climbing the ladder: a rung is played only
+    if the learner scored at least 1/2 against the rung below it in this evaluation (else it
+    counts 0 in the ladder score and its rates are NaN). On the learner's critical path that
+    spares the costly searching players while they are out of reach; evaluation actors, off
+    that path, play every rung."""
 
     def __init__(self, config: PpoShogiConfig, device: Any = "cpu"):
         self.config, self.device = config, device
@@ -118,8 +123,14 @@ class LocalEvaluator:
 
         started = time.perf_counter()
         evaluation = Evaluation(matches[0].iteration)
+        below: MatchResult | None = None
         for match in matches:
-            evaluation.results[match.opponent] = play(match, self.config, self.device)
+            rung = match.opponent != SNAPSHOT
+            if rung and below is not None and score_rate(below) < 0.5:
+                continue
+            result = play(match, self.config, self.device)
+            below = result if rung else below
+            evaluation.results[match.opponent] = result
             evaluation.labels[match.opponent] = match.opponent_label or match.opponent
         evaluation.seconds = time.perf_counter() - started
         self.done.append(evaluation)
