@@ -493,7 +493,7 @@ def test_trainer_reports_and_learns_nothing_silly():
 
 # ---------------------------------------------------------------- speed options
 TIMING = {"iteration_seconds", "elapsed_seconds", "eval_seconds", "update_seconds", "collect_plies_per_second",
-          "network_fraction"}
+          "network_fraction", "collect_seconds"}
 
 
 def one_iteration(**values) -> tuple[PpoShogiTrainer, dict]:
@@ -529,10 +529,18 @@ def test_mixed_precision_autocasts_the_forwards_and_keeps_float32_numbers(monkey
     config = PpoShogiConfig(**{**TINY, "max_iterations": 1, "final_eval_games": 0, "mixed_precision": True})
     trainer = PpoShogiTrainer(config, LocalContext("ppo-shogi"))
     outputs = {"update": set(), "evaluation": set(), "self-play": set()}
-    trainer.network.register_forward_hook(
-        lambda m, i, out: outputs["evaluation" if torch.is_inference_mode_enabled() else "update"].add(out[0].dtype))
-    trainer.source.network.register_forward_hook(lambda m, i, out: outputs["self-play"].add(out[0].dtype))
-    row = trainer.fit().history[-1]
+
+    def hook(module, inputs, out):   # evaluation games build their own networks from the weights
+        if isinstance(module, ActorCritic):
+            kind = ("update" if module is trainer.network else
+                    "self-play" if module in (trainer.source.network, trainer.source.opponent) else "evaluation")
+            outputs[kind].add(out[0].dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        row = trainer.fit().history[-1]
+    finally:
+        handle.remove()
     assert outputs == {"update": {torch.bfloat16}, "evaluation": {torch.bfloat16}, "self-play": {torch.bfloat16}}
     assert softmax_inputs == {torch.float32}
     features, masks = feature_buffer(2), mask_buffer(2)
