@@ -3,11 +3,16 @@ moves of finished self-play games from the experience source, then one PPO updat
 
     step()      weights -> source.collect(...) -> ExperienceBatch (per-player GAE done there)
                 -> this rank's shard -> ppo_update -> every `snapshot_every`: a pool snapshot
-    evaluate()  every `eval_every` iterations (and the first and the last): games against
-                uniform random, capture-first and the latest snapshot; Elo table updated and
-                written (elo.json, atomically); `win_rate_random` is the early-stopping metric
-                (between evaluations the last measured value is repeated)
-    final       on the best state: `final_eval_games` games against random and capture-first
+    evaluate()  every `eval_every` iterations (and the first and the last): this iteration's
+                weights are submitted to the evaluator (evaluation.py): matches against the
+                ladder (ladder.py) and the latest snapshot, in this process or on evaluation
+                actors; finished evaluations update the Elo table (elo.json, written
+                atomically) and are reported tagged with `eval_iteration`; `ladder_score` is
+                the selection metric (between evaluations the last value is repeated)
+    selection   the best state is the weights that played the best evaluation (kept from the
+                moment they were submitted), not the weights of the iteration that received it
+    final       on the selected state: `final_eval_games` games against every rung; the
+                checkpoint keeps the last iteration's weights too (`extra.last`)
 
 The learner's model goes through `context.prepare_model` (DDP with several workers); with
 `compile` the update's forward goes through `torch.compile` of that (`train_model`), while
@@ -27,7 +32,8 @@ Default budget, 2 CPU cores: 150 iterations of >= 4,096 learner moves with a 3 x
 6-12 s an iteration (2 threads), so at most about 30 minutes. Measured (benchmarks/
 selfplay_learning.py, 150 iterations in 21 min on 2 shared cores): the best state won 98 of 100
 games against uniform random and 85 of 100 against capture-first (1 lost), with the default
-material shaping (runner.py); benchmarks/results/selfplay_learning.json.
+material shaping (runner.py); benchmarks/results/selfplay_learning.json (before the ladder, with
+selection by win_rate_random).
 """
 from __future__ import annotations
 
