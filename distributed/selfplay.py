@@ -7,6 +7,18 @@
     InferenceServer      inference="server": one actor runs the network for every actor's
                          positions (SEED-style), on the GPU when the learner has one
 
+Overlap (`staleness` 1): as soon as a collection has its batches, every actor is asked for the
+next one with the same weights, so the actors play while the learner updates; the next
+collection takes those batches (one update old, `policy_lag` 1; their stored log-probs are the
+behaviour policy's, which PPO's ratio is taken against). A checkpoint taken meanwhile waits for
+the actors' games after that batch, and a batch still in flight at a crash is not replayed: its
+games moved on, its moves are not trained on, nothing is counted twice.
+
+Evaluation (`RayEvaluator`, `eval_actors` > 0, one learner): evaluation matches are queued on
+their own actors and polled without blocking, so they run beside the next iterations; the
+trainer attaches each result to the iteration whose weights played. An evaluation actor that
+dies is replaced and its match played again, whole.
+
 Placement: actors are created with scheduling_strategy="SPREAD": Ray puts them on different
 nodes where it can, so they play over the whole cluster, not all on the head. Not a placement
 group: one created by the learner outlives it when the learner dies (job-scoped, seen on Ray

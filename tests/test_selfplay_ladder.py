@@ -25,7 +25,6 @@ from trainers.selfplay.ladder import LADDER, one_ply_player, two_ply_player  # n
 from trainers.selfplay.network import ActorCritic  # noqa: E402
 from trainers.selfplay.ppo import ppo_update  # noqa: E402
 from trainers.selfplay.runner import MatchResult, new_slots, play_batch, play_match  # noqa: E402
-from trainers.selfplay.sources import InProcessSource  # noqa: E402
 from trainers.selfplay.trainer import PpoShogiTrainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -230,3 +229,21 @@ def test_the_evaluate_command_plays_either_weight_set(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "trainers.selfplay.evaluate", str(checkpoint), "--opponents",
                           "three_ply"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "three_ply" in bad.stderr
+
+
+def test_the_in_process_evaluation_climbs_the_ladder():
+    """A rung is played only after the learner scored >= 1/2 against the one below it."""
+    from trainers.selfplay.evaluation import LocalEvaluator, Match, score_rate
+
+    config = PpoShogiConfig(**{**TINY, "ply_limit": 40})
+    weights = ActorCritic(1, 8).state_dict()
+    evaluator = LocalEvaluator(config)
+    for seed in range(3):
+        evaluator.submit([Match(1, name, 4, seed, weights) for name in LADDER])
+        (evaluation,) = evaluator.poll()
+        played = [name for name in LADDER if name in evaluation.results]
+        assert played == list(LADDER)[:len(played)] and played[0] == "random"
+        for below, above in zip(played, list(LADDER)[1:]):
+            assert (above in evaluation.results) == (score_rate(evaluation.results[below]) >= 0.5)
+        assert ladder_score(evaluation.results, list(LADDER)) == pytest.approx(
+            sum(score_rate(evaluation.results[name]) for name in played))
