@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -212,23 +211,23 @@ def test_bad_ladder_or_staleness_exit_2_before_ray(setting, capsys):
 
 
 # ---------------------------------------------------------------- the evaluate command
-def test_the_evaluate_command_plays_either_weight_set(tmp_path):
+def test_the_evaluate_command_plays_either_weight_set(tmp_path, capsys):
+    from trainers.selfplay import evaluate
+
     trainer = scripted_trainer(tmp_path, max_iterations=3)
     trainer.fit()
     checkpoint = sorted((tmp_path / "checkpoints").iterdir())[-1]
     for weights, iteration in (("selected", trainer.early_stopping.best_iteration + 1), ("last", 3)):
         out = tmp_path / f"{weights}.json"
-        done = subprocess.run([sys.executable, "-m", "trainers.selfplay.evaluate", str(checkpoint), "--weights",
-                               weights, "--games", "2", "--opponents", "random,one_ply", "--ply-limit", "30",
-                               "--out", str(out)], capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
+        assert evaluate.main([str(checkpoint), "--weights", weights, "--games", "2", "--opponents", "random,one_ply",
+                              "--ply-limit", "30", "--out", str(out)]) == 0
         report = json.loads(out.read_text())
         assert report["weights_iteration"] == iteration
         assert set(report["opponents"]) == {"random", "one_ply"}
         assert all(row["games"] == 2 for row in report["opponents"].values())
-    bad = subprocess.run([sys.executable, "-m", "trainers.selfplay.evaluate", str(checkpoint), "--opponents",
-                          "three_ply"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "three_ply" in bad.stderr
+    with pytest.raises(SystemExit) as bad:
+        evaluate.main([str(checkpoint), "--opponents", "three_ply"])
+    assert bad.value.code == 2 and "three_ply" in capsys.readouterr().err
 
 
 def test_the_in_process_evaluation_climbs_the_ladder():
