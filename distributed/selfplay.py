@@ -7,6 +7,18 @@
     InferenceServer      inference="server": one actor runs the network for every actor's
                          positions (SEED-style), on the GPU when the learner has one
 
+Overlap (`staleness` 1): as soon as a collection has its batches, every actor is asked for the
+next one with the same weights, so the actors play while the learner updates; the next
+collection takes those batches (one update old, `policy_lag` 1; their stored log-probs are the
+behaviour policy's, which PPO's ratio is taken against). A checkpoint taken meanwhile waits for
+the actors' games after that batch, and a batch still in flight at a crash is not replayed: its
+games moved on, its moves are not trained on, nothing is counted twice.
+
+Evaluation (`RayEvaluator`, `eval_actors` > 0, one learner): evaluation matches are queued on
+their own actors and polled without blocking, so they run beside the next iterations; the
+trainer attaches each result to the iteration whose weights played. An evaluation actor that
+dies is replaced and its match played again, whole.
+
 Placement: actors are created with scheduling_strategy="SPREAD": Ray puts them on different
 nodes where it can, so they play over the whole cluster, not all on the head. Not a placement
 group: one created by the learner outlives it when the learner dies (job-scoped, seen on Ray
@@ -40,6 +52,7 @@ games continue where they stopped.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import time
 import uuid
@@ -52,6 +65,7 @@ import torch.distributed as dist
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
 from trainers.selfplay.config import PpoShogiConfig
+from trainers.selfplay.evaluation import Evaluation, LocalEvaluator, Match, play, register_evaluator
 from trainers.selfplay.game import pack_features, pack_masks, unpack_features, unpack_masks
 from trainers.selfplay.network import ActorCritic, PolicyFn
 from trainers.selfplay.runner import ExperienceBatch, GameSlot
@@ -226,7 +240,10 @@ class RaySource:
         self.batches_received = self.plies_received = 0
         self.duplicates = self.lost = self.restarts = self.replaced = 0
         self.expected: set[tuple[int, int]] = set()   # (actor id, sequence) asked for, not yet received
-        self.keep: list[Any] = []   # this update's weight refs, alive until the next update
+        self.keep: list[Any] = []   # the weight refs of the batches being played, alive while they are
+        self.prefetched: tuple[int, dict[Any, tuple[int, int]]] | None = None  # (share, requests in flight)
+        self.lag = 0                # updates between the weights that played the last batches and the learner's
+        self.wait_seconds = 0.0     # the learner's time inside collect(): waiting for batches
 
     # ----- start-up
     def start_server(self, device: str):
@@ -249,10 +266,36 @@ class RaySource:
     # ----- collection
     def collect(self, weights: dict[str, torch.Tensor], plies: int, *, seed: int,
                 opponent: dict[str, torch.Tensor] | None = None) -> list[ExperienceBatch]:
-        # once per update, one object shared by every actor (or by the inference server)
-        self.keep = [ray.put(weights)] + ([] if opponent is None else [ray.put(opponent)])
+        """This update's batches. With `staleness` 1 they were asked for at the previous call,
+        with the weights of then, and the actors are asked for the next ones (with `weights`)
+        before this returns, so they play while the learner updates: every batch after the
+        first is one update old (`policy_lag`), its log-probs those of the weights that played."""
+        started = time.perf_counter()
         share = -(-plies // len(self.actors))
-        pending = dict(self.ask(aid, share, seed) for aid in self.ids)   # ObjectRef -> (actor id, sequence)
+        if self.prefetched is not None:   # asked for at the previous call, with the weights of then
+            (old_share, pending), self.prefetched, self.lag = self.prefetched, None, 1
+            batches = self.gather(pending, old_share, seed)
+        else:
+            batches, self.lag = [], 0
+        missing = plies - sum(len(batch) for batch in batches)
+        if missing > 0:                   # no batches in flight, or fewer moves than asked for now
+            rest = -(-missing // len(self.actors))
+            batches += self.gather(self.dispatch(self.put_weights(weights, opponent), rest, seed), rest, seed)
+        if self.config.staleness > 0:
+            self.prefetched = (share, self.dispatch(self.put_weights(weights, opponent), share, seed))
+        self.wait_seconds += time.perf_counter() - started
+        return batches
+
+    def put_weights(self, weights, opponent) -> list[Any]:
+        """Once per update, one object shared by every actor (or by the inference server)."""
+        return [ray.put(weights)] + ([] if opponent is None else [ray.put(opponent)])
+
+    def dispatch(self, keep: list[Any], share: int, seed: int) -> dict[Any, tuple[int, int]]:
+        """Ask every actor for `share` learner moves: ObjectRef -> (actor id, sequence)."""
+        self.keep = keep
+        return dict(self.ask(aid, share, seed) for aid in self.ids)
+
+    def gather(self, pending: dict[Any, tuple[int, int]], share: int, seed: int) -> list[ExperienceBatch]:
         batches, failures = [], 0
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=REPLY_TIMEOUT_S)
@@ -324,7 +367,8 @@ class RaySource:
         per_actor = [self.actor_batches[aid] for aid in self.ids]
         return {"batches": self.batches_received, "plies": self.plies_received, "duplicates": self.duplicates,
                 "lost": self.lost, "restarts": self.restarts, "replaced": self.replaced, "actors": len(self.ids),
-                "actor_batches_min": min(per_actor), "actor_batches_max": max(per_actor)}
+                "actor_batches_min": min(per_actor), "actor_batches_max": max(per_actor), "policy_lag": self.lag,
+                "wait_seconds": self.wait_seconds}
 
     def state_dict(self) -> dict[str, Any]:
         """Counters per rank, sequences, batch counts and games in progress per actor. With several
@@ -366,6 +410,122 @@ class RaySource:
         for actor in list(self.actors.values()) + ([self.server] if self.server is not None else []):
             ray.kill(actor)
         self.actors, self.server = {}, None
+
+
+# ---------------------------------------------------------------- evaluation beside training
+class EvaluationActor:
+    """Plays evaluation matches (trainers/selfplay/evaluation.py) for the learner."""
+
+    def __init__(self, config: dict[str, Any]):
+        torch.set_num_threads(1)
+        self.config = PpoShogiConfig(**config)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    @ray.method(max_task_retries=0)   # a failure is the evaluator's to handle: it replays the match
+    def play(self, match: Match) -> tuple[Any, float]:
+        started = time.perf_counter()
+        return play(match, self.config), time.perf_counter() - started
+
+
+class RayEvaluator:
+    """Evaluations on `eval_actors` Ray actors while the learner trains on: `submit` queues an
+    iteration's matches and returns at once; `poll` hands back the evaluations whose matches are
+    all in, each tagged with the iteration whose weights played. A match whose actor died is
+    played again from the start on a fresh actor (counted in `replayed`/`replaced`), so no
+    evaluation is lost or counted from a partial match."""
+
+    def __init__(self, config: PpoShogiConfig):
+        self.config = config
+        self.actors = [self.spawn() for _ in range(config.eval_actors)]
+        try:
+            ray.get([actor.ready.remote() for actor in self.actors], timeout=START_TIMEOUT_S)
+        except GetTimeoutError:
+            self.close()
+            raise RuntimeError(f"evaluation actors ({config.actor_cpus:g} CPU each) did not start within "
+                               f"{START_TIMEOUT_S:g} s; free now: {ray.available_resources()}") from None
+        self.queue: collections.deque[Match] = collections.deque()
+        self.running: dict[Any, tuple[int, Match]] = {}      # ObjectRef -> (actor index, match)
+        self.partial: dict[int, Evaluation] = {}             # iteration -> results so far
+        self.expected: dict[int, list[str]] = {}             # iteration -> its opponents, in order
+        self.replayed = self.replaced = 0
+
+    def spawn(self):
+        actor = ray.remote(EvaluationActor).options(num_cpus=self.config.actor_cpus, max_restarts=0,
+                                                    scheduling_strategy="SPREAD")
+        return actor.remote(self.config.model_dump())
+
+    def submit(self, matches: list[Match]) -> None:
+        iteration = matches[0].iteration
+        self.partial[iteration] = Evaluation(iteration)
+        self.expected[iteration] = [match.opponent for match in matches]
+        self.queue.extend(matches)
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        busy = {index for index, _ in self.running.values()}
+        for index, actor in enumerate(self.actors):
+            if index not in busy and self.queue:
+                match = self.queue.popleft()
+                self.running[actor.play.remote(match)] = (index, match)
+
+    def poll(self, wait: bool = False) -> list[Evaluation]:
+        while self.running:
+            ready, _ = ray.wait(list(self.running), num_returns=1 if wait else len(self.running),
+                                timeout=REPLY_TIMEOUT_S if wait else 0)
+            if not ready:
+                if wait:
+                    raise TimeoutError(f"no evaluation match finished within {REPLY_TIMEOUT_S:g} s")
+                break
+            for ref in ready:
+                index, match = self.running.pop(ref)
+                try:
+                    result, seconds = ray.get(ref)
+                except RayActorError:
+                    ray.kill(self.actors[index])
+                    self.actors[index] = self.spawn()
+                    self.replaced += 1
+                    self.replayed += 1
+                    self.queue.appendleft(match)   # played again, whole, on the fresh actor
+                    continue
+                evaluation = self.partial[match.iteration]
+                evaluation.results[match.opponent] = result
+                evaluation.labels[match.opponent] = match.opponent_label or match.opponent
+                evaluation.seconds += seconds
+            self.dispatch()
+        done = sorted(iteration for iteration, evaluation in self.partial.items()
+                      if len(evaluation.results) == len(self.expected[iteration]))
+        return [self.finish(iteration) for iteration in done]
+
+    def finish(self, iteration: int) -> Evaluation:
+        order = self.expected.pop(iteration)
+        evaluation = self.partial.pop(iteration)
+        # the matches in the order they were submitted, whatever order they finished in
+        evaluation.results = {name: evaluation.results[name] for name in order}
+        return evaluation
+
+    def pending(self) -> list[int]:
+        return sorted(self.partial)
+
+    def counters(self) -> dict[str, float]:
+        return {"eval_replayed": float(self.replayed), "eval_replaced": float(self.replaced)}
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors, self.running = [], {}
+
+
+def _make_ray_evaluator(config: PpoShogiConfig, context: Any):
+    """Evaluation actors for a single learner; with several (DDP) every rank must see the same
+    evaluations at the same iteration, so each plays them itself, in step."""
+    if context.world_size > 1:
+        return LocalEvaluator(config, context.device)
+    return RayEvaluator(config)
+
+
+register_evaluator("ray", _make_ray_evaluator)
 
 
 def _make_ray_source(config: PpoShogiConfig, context: Any) -> RaySource:

@@ -1,5 +1,6 @@
-"""Search space of `ppo-shogi`: metric is the win rate against uniform random (mode max),
-measured every `eval_every` iterations on `eval_games` games (early stopping counts iterations).
+"""Search space of `ppo-shogi`: metric is the ladder score (the sum of the score rates against
+the opponent ladder, mode max), measured every `eval_every` iterations on `eval_games` games per
+rung (early stopping counts iterations).
 
 An iteration (4,096 learner moves, 3 epochs, 3 x 32 network) takes about 6-12 s on two CPU cores,
 so a trial of 40 iterations is 5-8 minutes; evaluation every 5 iterations gives patience a

@@ -487,12 +487,13 @@ def test_trainer_reports_and_learns_nothing_silly():
     for key in ("win_rate_random", "win_rate_capture", "loss_rate_capture", "win_rate_snapshot", "elo",
                 "policy_loss", "value_loss", "entropy", "approx_kl", "explained_variance", "games", "pool_size"):
         assert np.isfinite(last[key]), key
-    assert last["learner_plies"] >= 48 and last["pool_size"] == 2 and result.final_metrics == {}
+    assert last["learner_plies"] >= 48 and last["pool_size"] == 2
+    assert result.final_metrics == {"final_weights_iteration": float(result.best_iteration)}
 
 
 # ---------------------------------------------------------------- speed options
 TIMING = {"iteration_seconds", "elapsed_seconds", "eval_seconds", "update_seconds", "collect_plies_per_second",
-          "network_fraction"}
+          "network_fraction", "collect_seconds"}
 
 
 def one_iteration(**values) -> tuple[PpoShogiTrainer, dict]:
@@ -528,10 +529,18 @@ def test_mixed_precision_autocasts_the_forwards_and_keeps_float32_numbers(monkey
     config = PpoShogiConfig(**{**TINY, "max_iterations": 1, "final_eval_games": 0, "mixed_precision": True})
     trainer = PpoShogiTrainer(config, LocalContext("ppo-shogi"))
     outputs = {"update": set(), "evaluation": set(), "self-play": set()}
-    trainer.network.register_forward_hook(
-        lambda m, i, out: outputs["evaluation" if torch.is_inference_mode_enabled() else "update"].add(out[0].dtype))
-    trainer.source.network.register_forward_hook(lambda m, i, out: outputs["self-play"].add(out[0].dtype))
-    row = trainer.fit().history[-1]
+
+    def hook(module, inputs, out):   # evaluation games build their own networks from the weights
+        if isinstance(module, ActorCritic):
+            kind = ("update" if module is trainer.network else
+                    "self-play" if module in (trainer.source.network, trainer.source.opponent) else "evaluation")
+            outputs[kind].add(out[0].dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        row = trainer.fit().history[-1]
+    finally:
+        handle.remove()
     assert outputs == {"update": {torch.bfloat16}, "evaluation": {torch.bfloat16}, "self-play": {torch.bfloat16}}
     assert softmax_inputs == {torch.float32}
     features, masks = feature_buffer(2), mask_buffer(2)

@@ -1,7 +1,8 @@
 """`ppo-shogi` on Ray: self-play actors, the learner as a TorchTrainer worker, a real SIGKILL of
 an actor, resume, the inference server, and bad input. One real Ray (2 CPUs) for the session.
 
-On 2 CPUs the actors hold 0.5 CPU each (`actor_cpus=0.5`), which leaves the learner a whole CPU.
+On 2 CPUs the two self-play and two evaluation actors hold 0.25 CPU each (`actor_cpus=0.25`),
+which leaves the learner a whole CPU.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("one_thread")]
 
 TINY = dict(blocks=1, channels=8, games_per_batch=4, rollout_plies=48, ply_limit=40, num_minibatches=4,
             update_epochs=2, eval_every=2, eval_games=4, final_eval_games=4, snapshot_every=2, snapshot_prob=0.5,
-            pool_size=2, patience=0, checkpoint_every=1, actor_cpus=0.5)
+            pool_size=2, patience=0, checkpoint_every=1, actor_cpus=0.25, eval_actors=2)
 
 
 def sets(**overrides) -> list[str]:
@@ -113,14 +114,54 @@ def test_two_actors_one_learner(two_actor_run):
     code, _, payload = two_actor_run
     assert code == 0 and payload["iteration"] == 5 and payload["trainer"]["finished"]
     source, last = source_of(payload), payload["trainer"]["history"][-1]
-    # one batch per actor per iteration, from both, none twice, none lost
-    assert source["actor_batches"] == {0: 5, 1: 5} and source["next_sequence"] == {0: 5, 1: 5}
+    # one batch per actor per iteration, from both, none twice, none lost; the next batch is
+    # already being played when training ends (collection overlaps the update)
+    assert source["actor_batches"] == {0: 5, 1: 5} and source["next_sequence"] == {0: 7, 1: 7}
     counters = source["ranks"][0]   # the source's counters, one entry per learner rank
     assert counters == {"batches_received": 10, "plies_received": counters["plies_received"],
                         "duplicates": 0, "lost": 0, "restarts": 0, "replaced": 0}
     assert last["source_batches"] == 10 and last["source_actor_batches_min"] == 5 and last["source_actors"] == 2
     assert last["source_duplicates"] == last["source_lost"] == 0 and last["source_plies"] > 0
     assert sorted(source["games"]) == [0, 1] and len(source["games"][0]) == TINY["games_per_batch"]
+
+
+def test_evaluations_on_actors_attach_to_the_iteration_that_played(two_actor_run):
+    _, _, payload = two_actor_run
+    history, extra = payload["trainer"]["history"], payload["trainer"]["extra"]
+    for row in history:   # an evaluation is reported at its own iteration or later, never earlier
+        assert row["eval_iteration"] <= row["iteration"]
+    assert history[-1]["eval_iteration"] == 5   # the last iteration's evaluation is waited for
+    evaluated = {int(row["iteration"]) for row in extra["elo"]["history"]}
+    assert {1, 5} <= evaluated and evaluated <= {1, 2, 3, 4, 5}
+    assert extra["weights_iteration"] == payload["trainer"]["early_stopping"]["best_iteration"] + 1
+    assert extra["weights_iteration"] in evaluated and extra["last"]["iteration"] == 5
+    # every batch after a (re)start was played while the learner updated: one update old
+    assert [row["source_policy_lag"] for row in history] == [0, 1, 0, 1, 1]
+
+
+def test_a_killed_evaluation_actor_is_replaced_and_its_match_replayed(ray_session):
+    """SIGKILL an evaluation actor mid-match: the match is played again, whole, on a fresh actor,
+    and its result is the one the same match gives in the learner's process."""
+    from distributed.selfplay import RayEvaluator
+    from trainers.selfplay.evaluation import Match, play
+
+    config = PpoShogiConfig(**{**TINY, "collector": "ray", "eval_actors": 1, "ply_limit": 300})
+    weights = ActorCritic(1, 8).state_dict()
+    matches = [Match(7, "two_ply", 6, 11, weights), Match(7, "random", 4, 12, weights)]
+    evaluator = RayEvaluator(config)
+    try:
+        pid = ray_session.get(evaluator.actors[0].ready.remote())
+        evaluator.submit(matches)
+        time.sleep(0.5)   # well inside the two-ply match (seconds of play)
+        os.kill(pid, signal.SIGKILL)
+        (evaluation,) = evaluator.poll(wait=True)
+        assert evaluation.iteration == 7 and list(evaluation.results) == ["two_ply", "random"]
+        assert evaluator.counters() == {"eval_replayed": 1.0, "eval_replaced": 1.0}
+        for match in matches:
+            assert evaluation.results[match.opponent].scores == play(match, config).scores
+        assert ray_session.get(evaluator.actors[0].ready.remote()) != pid and evaluator.pending() == []
+    finally:
+        evaluator.close()
 
 
 def test_a_restarted_learner_resumes_from_its_checkpoint(two_actor_run):
@@ -137,7 +178,7 @@ def test_source_counts_a_loss_once_and_asks_again(ray_session):
     """A SIGKILL while the actor plays: the request is lost, the restarted actor is asked again."""
     from distributed.selfplay import RaySource
 
-    source = RaySource(PpoShogiConfig(**{**TINY, "collector": "ray", "actors": 2}))
+    source = RaySource(PpoShogiConfig(**{**TINY, "collector": "ray", "actors": 2, "staleness": 0}))
     try:
         weights = ActorCritic(1, 8).state_dict()
         source.collect(weights, 100, seed=0, opponent=weights)
@@ -194,7 +235,7 @@ def test_bad_actor_counts_exit_2_at_once(ray_session, capsys):
     assert code == 2 and "--actors 8" in err and "do not fit the cluster's 2 CPUs" in err
     assert len(err.strip().splitlines()) == 1 and time.perf_counter() - started < 5
     code, err = run_main(["--algorithm", "ppo-shogi", "--actors", "2"], capsys)   # 2 x 1 CPU + a learner
-    assert code == 2 and "--set actor_cpus=0.5" in err
+    assert code == 2 and "+ 2 evaluation actor(s)" in err and "--set actor_cpus=0.25" in err
     code, err = run_main(["--algorithm", "ppo-shogi", "--actors", "1", "--workers", "2"], capsys)
     assert code == 2 and "fewer than --workers 2" in err
 

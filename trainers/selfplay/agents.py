@@ -2,9 +2,11 @@
 
 An agent is a callable `agent(games, rng) -> moves`: one legal move for each game given, all
 the games where it is to move at this ply (so a network agent makes one batched forward).
+The fixed players (random ... two-ply minimax) are the ladder, in ladder.py.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,54 +15,95 @@ import numpy as np
 import torch
 
 from trainers.checkpoint import write_json_atomic
-from trainers.selfplay.game import Game, encode_batch, feature_buffer, mask_buffer
+from trainers.selfplay.game import Game, encode_batch, feature_buffer, mask_buffer, material_balance
+from trainers.selfplay.ladder import capture_first_player, gives_mate, opponent_mates, random_player
 from trainers.selfplay.network import PolicyFn
 from trainers.selfplay.runner import sample_legal
 
-# what capture-first prefers to take (a promoted piece is worth more on the board)
-PIECE_VALUES = {
-    cshogi.PAWN: 1, cshogi.LANCE: 3, cshogi.KNIGHT: 4, cshogi.SILVER: 5, cshogi.GOLD: 6, cshogi.BISHOP: 8,
-    cshogi.ROOK: 10, cshogi.PROM_PAWN: 6, cshogi.PROM_LANCE: 6, cshogi.PROM_KNIGHT: 6, cshogi.PROM_SILVER: 6,
-    cshogi.PROM_BISHOP: 10, cshogi.PROM_ROOK: 12,
-}
+# the ladder's two weakest players, under the names the rest of the package uses
+random_agent = random_player
+capture_first_agent = capture_first_player
 
 
-def random_agent(games: list[Game], rng: np.random.Generator) -> list[int]:
-    """Uniform over the legal moves."""
-    return [game.legal[rng.integers(len(game.legal))] for game in games]
+@dataclass
+class Position:
+    """What the encoder reads of a game (a searched child position is not a whole `Game`)."""
 
-
-def capture_first_agent(games: list[Game], rng: np.random.Generator) -> list[int]:
-    """Take the most valuable piece it can (ties at random); with no capture, a random move."""
-    moves = []
-    for game in games:
-        values = [PIECE_VALUES.get(cshogi.move_cap(move), 0) for move in game.legal]
-        best = max(values)
-        candidates = [move for move, value in zip(game.legal, values) if value == best]
-        moves.append(candidates[rng.integers(len(candidates))])
-    return moves
+    board: cshogi.Board
+    legal: list[int]
 
 
 class NetworkAgent:
     """A policy network as a player: one batched forward per call; samples (or takes the most
-    probable move when `greedy`) among the legal moves."""
+    probable move when `greedy`) among the legal moves, or searches one ply (`search_width`)."""
 
-    def __init__(self, policy_fn: PolicyFn, greedy: bool = False):
-        self.policy_fn, self.greedy = policy_fn, greedy
+    def __init__(self, policy_fn: PolicyFn, greedy: bool = False, search_width: int = 0, shaping: float = 0.0):
+        """`search_width` > 0: play through a one-ply search over the value head (see `search`);
+        `shaping`: the material shaping the value head was trained with (runner.py)."""
+        self.policy_fn, self.greedy, self.search_width, self.shaping = policy_fn, greedy, search_width, shaping
         self.features, self.masks = feature_buffer(0), mask_buffer(0)
+        self.labels, self.counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
 
     def __call__(self, games: list[Game], rng: np.random.Generator) -> list[int]:
         n = len(games)
-        if len(self.features) < n:
-            self.features, self.masks = feature_buffer(n), mask_buffer(n)
-        labels, counts = encode_batch(games, self.features, self.masks)
-        logits, _ = self.policy_fn(self.features[:n], self.masks[:n])
+        logits = self.forward(games)[0]
+        labels, counts = self.labels, self.counts
+        if self.search_width:
+            return self.search(games, logits, labels, counts)
         if self.greedy:
             starts = np.cumsum(counts) - counts
             picks = [int(np.argmax(logits[i, labels[a:a + c]].numpy())) for i, (a, c) in enumerate(zip(starts, counts))]
         else:
             picks, _, _ = sample_legal(logits.numpy(), labels, counts, rng)
-        return [game.legal[pick] for game, pick in zip(games, picks)]
+        return [game.legal[pick] for game, pick in zip(games[:n], picks)]
+
+    def forward(self, games: list[Game]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batched forward over the games' positions (labels and counts kept for the caller)."""
+        n = len(games)
+        if len(self.features) < n:
+            self.features, self.masks = feature_buffer(n), mask_buffer(n)
+        self.labels, self.counts = encode_batch(games, self.features, self.masks)
+        return self.policy_fn(self.features[:n], self.masks[:n])
+
+    def search(self, games: list[Game], logits: torch.Tensor, labels: np.ndarray, counts: np.ndarray) -> list[int]:
+        """One ply over the value head: a mate in one is played at once; otherwise the policy's
+        `search_width` most probable moves are played out, all games' children in one forward,
+        and the move after which the opponent's value (the side to move there) is lowest wins;
+        a move after which the opponent mates in one is played only if every searched move allows it.
+
+        Trained with potential-based material shaping, the value head predicts the result minus
+        `shaping` x the side to move's material balance (the shaping sums to -shaping x Phi of
+        the first position); that term is added back, so children are compared by the result."""
+        starts = np.cumsum(counts) - counts
+        moves: list[int | None] = [None] * len(games)
+        children: list[tuple[int, int]] = []          # (game index, move) per child position
+        for i, game in enumerate(games):
+            row = logits[i, labels[starts[i]:starts[i] + counts[i]]].numpy()
+            top = np.argsort(-row, kind="stable")[:self.search_width]
+            mate = next((move for move in game.legal if gives_mate(game.board, move)), None)
+            if mate is not None or len(top) == 1:
+                moves[i] = mate if mate is not None else game.legal[int(top[0])]
+                continue
+            children.extend((i, game.legal[int(j)]) for j in top)
+        if children:
+            after = []
+            for i, move in children:   # a copy per child: the game itself must not move
+                board = games[i].board.copy()
+                board.push(move)
+                after.append(Position(board, list(board.legal_moves)))
+            _, values = self.forward(after)
+            best: dict[int, tuple[float, int]] = {}
+            values = values.numpy().astype(np.float64)
+            if self.shaping:
+                values += self.shaping * np.array([material_balance(p.board, p.board.turn) for p in after])
+            # a child where the opponent mates in one is lost whatever the value head says
+            values[[opponent_mates(p.board, p.legal) for p in after]] = np.inf
+            for (i, move), value in zip(children, values.tolist()):
+                if i not in best or value < best[i][0]:
+                    best[i] = (value, move)
+            for i, (_, move) in best.items():
+                moves[i] = move
+        return [int(move) for move in moves]
 
 
 # ---------------------------------------------------------------- the opponent pool

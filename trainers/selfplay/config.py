@@ -12,15 +12,20 @@ from pydantic import Field, field_validator, model_validator
 
 from trainers.config import Mode, Schedule, TrainerConfig
 
+# the opponent ladder (trainers/selfplay/ladder.py), weakest first; named here so the CLI checks
+# them without importing cshogi
+LadderName = Literal["random", "capture_first", "one_ply", "two_ply"]
+LADDER_NAMES = ("random", "capture_first", "one_ply", "two_ply")
+
 
 class PpoShogiConfig(TrainerConfig):
     # ----- shared keys: one iteration = collect >= `rollout_plies` learner moves, then one PPO update
     lr: float = Field(3e-3, gt=0, le=1, description="Adam learning rate")
     max_iterations: int = Field(150, ge=1, le=1_000_000)
-    patience: int = Field(0, ge=0, le=10_000, description="iterations without a better win rate vs random "
+    patience: int = Field(0, ge=0, le=10_000, description="iterations without a better ladder score "
                                                            "before stopping; 0 = never stop early")
     schedule: Schedule = "none"
-    metric: str = "win_rate_random"
+    metric: str = "ladder_score"
     mode: Mode = "max"
     checkpoint_every: int = Field(5, ge=1, le=1_000_000)
     # ----- network
@@ -49,6 +54,14 @@ class PpoShogiConfig(TrainerConfig):
                                                    "(run.py --actors N)")
     actors: int = Field(2, ge=1, le=10_000, description="self-play actors (collector 'ray'); with several learners "
                                                         "each owns actors / learners of them")
+    staleness: int = Field(1, ge=0, le=1, description="collector 'ray': updates the weights that play may lag "
+                                                     "behind the learner's; 1 = actors play the next batch "
+                                                     "while the learner updates (the PPO ratio is taken "
+                                                     "against the stored behaviour log-probs), 0 = they wait")
+    eval_actors: int = Field(2, ge=0, le=1000, description="collector 'ray': Ray actors that play the "
+                                                           "evaluation matches beside training (results "
+                                                           "attached to the iteration whose weights played); "
+                                                           "0 = the learner plays them itself")
     actor_cpus: float = Field(1.0, gt=0, le=256, description="CPUs reserved per self-play actor (collector 'ray')")
     inference: Literal["local", "server"] = Field("local", description="collector 'ray': each actor runs the network "
                                                   "itself, or sends its positions to one inference actor (SEED-style)")
@@ -65,11 +78,19 @@ class PpoShogiConfig(TrainerConfig):
     max_grad_norm: float = Field(0.5, gt=0, le=1000)
     target_kl: Optional[float] = Field(None, gt=0, le=10, description="stop the epochs early past this KL; None = off")
     # ----- evaluation
+    ladder: list[LadderName] = Field(default_factory=lambda: list(LADDER_NAMES), min_length=1,
+                                     description="the fixed opponents every evaluation plays (ladder.py), "
+                                                 "weakest first; the latest pool snapshot is played too")
+    play_search: Literal["none", "value1"] = Field("none", description="how the network plays evaluation "
+                                                   "games: its policy alone, or a one-ply search over its value "
+                                                   "head (mate in one first, then the top `search_width` moves "
+                                                   "of the policy scored by the value after them)")
+    search_width: int = Field(8, ge=1, le=600, description="play_search 'value1': policy moves searched")
     eval_every: int = Field(10, ge=1, le=1_000_000, description="iterations between evaluations (and the last one)")
     eval_games: int = Field(32, ge=1, le=100_000, description="games against each evaluation opponent, "
                                                                "colours alternated")
-    final_eval_games: int = Field(100, ge=0, le=100_000, description="games against random and capture-first on "
-                                                                     "the best state after training; 0 = skip")
+    final_eval_games: int = Field(100, ge=0, le=100_000, description="games against every ladder rung on the "
+                                                                     "selected state after training; 0 = skip")
     eval_greedy: bool = Field(False, description="evaluation plays the most probable move instead of sampling")
     elo_k: float = Field(16.0, gt=0, le=400, description="Elo K-factor per game")
 

@@ -3,11 +3,16 @@ moves of finished self-play games from the experience source, then one PPO updat
 
     step()      weights -> source.collect(...) -> ExperienceBatch (per-player GAE done there)
                 -> this rank's shard -> ppo_update -> every `snapshot_every`: a pool snapshot
-    evaluate()  every `eval_every` iterations (and the first and the last): games against
-                uniform random, capture-first and the latest snapshot; Elo table updated and
-                written (elo.json, atomically); `win_rate_random` is the early-stopping metric
-                (between evaluations the last measured value is repeated)
-    final       on the best state: `final_eval_games` games against random and capture-first
+    evaluate()  every `eval_every` iterations (and the first and the last): this iteration's
+                weights are submitted to the evaluator (evaluation.py): matches against the
+                ladder (ladder.py) and the latest snapshot, in this process or on evaluation
+                actors; finished evaluations update the Elo table (elo.json, written
+                atomically) and are reported tagged with `eval_iteration`; `ladder_score` is
+                the selection metric (between evaluations the last value is repeated)
+    selection   the best state is the weights that played the best evaluation (kept from the
+                moment they were submitted), not the weights of the iteration that received it
+    final       on the selected state: `final_eval_games` games against every rung; the
+                checkpoint keeps the last iteration's weights too (`extra.last`)
 
 The learner's model goes through `context.prepare_model` (DDP with several workers); with
 `compile` the update's forward goes through `torch.compile` of that (`train_model`), while
@@ -27,7 +32,8 @@ Default budget, 2 CPU cores: 150 iterations of >= 4,096 learner moves with a 3 x
 6-12 s an iteration (2 threads), so at most about 30 minutes. Measured (benchmarks/
 selfplay_learning.py, 150 iterations in 21 min on 2 shared cores): the best state won 98 of 100
 games against uniform random and 85 of 100 against capture-first (1 lost), with the default
-material shaping (runner.py); benchmarks/results/selfplay_learning.json.
+material shaping (runner.py); benchmarks/results/selfplay_learning.json (before the ladder, with
+selection by win_rate_random).
 """
 from __future__ import annotations
 
@@ -38,11 +44,13 @@ import numpy as np
 import torch
 
 from trainers.base import Trainer, make_scheduler
-from trainers.selfplay.agents import EloTable, NetworkAgent, OpponentPool, capture_first_agent, random_agent
+from trainers.selfplay.agents import EloTable, OpponentPool
+from trainers.selfplay.evaluation import (SNAPSHOT, SUFFIX, Evaluation, Match, ladder_score, make_evaluator,
+                                          match_metrics, play)
 from trainers.selfplay.config import PpoShogiConfig
-from trainers.selfplay.network import ActorCritic, make_policy_fn
+from trainers.selfplay.network import ActorCritic
 from trainers.selfplay.ppo import ppo_update
-from trainers.selfplay.runner import ExperienceBatch, MatchResult, play_match
+from trainers.selfplay.runner import ExperienceBatch
 from trainers.selfplay.sources import make_source
 
 # what a seed is for: seeds are (config.seed, iteration, purpose)
@@ -68,11 +76,17 @@ class PpoShogiTrainer(Trainer):
         self.source = make_source(config, self.context)
         self.elo = EloTable(config.elo_k)
         self.elo.add(LEARNER, 0.0)
-        self.elo.add("capture_first", 0.0)
+        for name in config.ladder:   # the ladder, rated by the games against the learner (random = 0)
+            self.elo.add(name, 0.0)
         # the pool starts with the initial policy: early snapshot games are against a near-random player
         self.pool = OpponentPool(config.pool_size, self.network.state_dict())
         self.add_snapshot(0)
         self.evaluation: dict[str, float] = {}    # the last evaluation's metrics
+        self.evaluator = make_evaluator(config, self.context)
+        self.played: dict[int, dict[str, torch.Tensor]] = {}   # iteration -> weights under evaluation
+        self.selected: dict[str, Any] | None = None   # the best evaluation so far: iteration, score, weights
+        self.last_weights: dict[str, Any] | None = None   # after training: the last iteration's weights
+        self.deferred = False   # an evaluation was due while the previous one was still being played
         self.totals = {"plies": 0, "learner_plies": 0, "games": 0, "batches": 0}
 
     def seed_for(self, purpose: int, iteration: int | None = None) -> int:
@@ -80,7 +94,12 @@ class PpoShogiTrainer(Trainer):
         return int(np.random.SeedSequence([self.config.seed, iteration, purpose]).generate_state(1)[0])
 
     def weights(self) -> dict[str, torch.Tensor]:
+        """The learner's weights on the CPU (on a CPU learner they share storage with it)."""
         return {key: value.detach().cpu() for key, value in self.network.state_dict().items()}
+
+    def frozen_weights(self) -> dict[str, torch.Tensor]:
+        """A copy that later updates leave alone."""
+        return {key: value.detach().to("cpu", copy=True) for key, value in self.network.state_dict().items()}
 
     def add_snapshot(self, iteration: int) -> None:
         name = f"iteration_{iteration}"
@@ -88,8 +107,9 @@ class PpoShogiTrainer(Trainer):
         self.elo.add(name, self.elo.ratings[LEARNER])
 
     def teardown(self) -> None:
-        """Close the source after the loop (a Ray source stops its actors)."""
+        """Close the source and the evaluator after the loop (a Ray source stops its actors)."""
         self.source.close()
+        self.evaluator.close()
 
     # ----- one iteration: collect, update
     def step(self) -> dict[str, float]:
@@ -99,8 +119,10 @@ class PpoShogiTrainer(Trainer):
         # otherwise every rank receives the same experience and trains on its shard of it
         own_share = self.source.per_rank and context.world_size > 1
         plies = -(-config.rollout_plies // context.world_size) if own_share else config.rollout_plies
+        started = time.perf_counter()
         batches = self.source.collect(self.weights(), plies, seed=self.seed_for(COLLECT),
                                       opponent=None if opponent is None else opponent[1])
+        collect_seconds = time.perf_counter() - started
         batch = ExperienceBatch.concat(batches)
         shard = batch.shard(context.rank, context.world_size) if context.world_size > 1 and not own_share else batch
         generator = torch.Generator().manual_seed(self.seed_for(MINIBATCHES))
@@ -118,6 +140,8 @@ class PpoShogiTrainer(Trainer):
         games = stats["games"]
         return {
             **metrics,
+            # in-process: the learner playing; with Ray actors: the learner waiting for their batches
+            "collect_seconds": collect_seconds,
             "plies": stats["plies"],
             "learner_plies": float(len(batch)),
             "games": games,
@@ -132,62 +156,129 @@ class PpoShogiTrainer(Trainer):
             "pool_size": float(len(self.pool)),
             # received / duplicate / lost / restarts for a remote source: nothing counted twice or dropped silently
             **{f"source_{name}": float(value) for name, value in self.source.counters().items()},
+            **{name: float(value) for name, value in self.evaluator.counters().items()},
         }
 
     # ----- evaluation
     def evaluate(self) -> dict[str, float]:
-        done = self.iteration + 1
-        if not self.evaluation or done % self.config.eval_every == 0 or done == self.config.max_iterations:
-            self.evaluation = self.run_evaluation(done)
-        return dict(self.evaluation)
-
-    def agent(self, network: torch.nn.Module) -> NetworkAgent:
-        return NetworkAgent(make_policy_fn(network, self.device, self.config.mixed_precision), self.config.eval_greedy)
-
-    def run_evaluation(self, iteration: int) -> dict[str, float]:
-        config = self.config
-        started = time.perf_counter()
-        learner = self.agent(self.network)
-        # (metric suffix, Elo name, agent)
-        opponents: list[tuple[str, str, Any]] = [("random", "random", random_agent),
-                                                 ("capture", "capture_first", capture_first_agent)]
-        latest = self.pool.latest()
-        if latest is not None:
-            snapshot = ActorCritic(config.blocks, config.channels).to(self.device)
-            snapshot.load_state_dict(latest[1])
-            opponents.append(("snapshot", latest[0], self.agent(snapshot)))
-        metrics = match_metrics(None, "snapshot")  # NaN until the pool holds a snapshot
-        for number, (suffix, name, opponent) in enumerate(opponents):
-            result = play_match(learner, opponent, config.eval_games, config.ply_limit,
-                                self.seed_for(EVALUATION * 100 + number, iteration), config.start_sfen)
-            for score in result.scores:
-                self.elo.update(LEARNER, name, score)
-            metrics.update(match_metrics(result, suffix))
-        self.elo.record(iteration)
-        metrics["elo"] = self.elo.ratings[LEARNER]
-        metrics["elo_capture_first"] = self.elo.ratings["capture_first"]
-        metrics["eval_seconds"] = time.perf_counter() - started
-        if self.context.rank == 0 and self.context.output_dir is not None:
-            self.elo.write(self.context.output_dir / "elo.json")
+        """Every `eval_every` iterations (and the first and the last) this iteration's weights are
+        submitted for evaluation; finished evaluations are taken in, at once in-process, later
+        with evaluation actors. The metrics are the latest finished evaluation's, tagged with
+        `eval_iteration` (the iteration whose weights played); between evaluations they repeat.
+        With evaluation actors at most one evaluation is in flight besides the last one's, so
+        `eval_every` is the shortest gap between evaluations, not a promise."""
+        done, config = self.iteration + 1, self.config
+        last = done == config.max_iterations
+        due = not self.evaluation or done % config.eval_every == 0 or self.deferred
+        finished = self.evaluator.poll()
+        # evaluation actors that fall behind do not pile up a queue: a due evaluation waits until the
+        # previous one is in (it is then submitted with the weights of that later iteration)
+        if last or (due and not self.evaluator.pending()):
+            self.submit_evaluation(done)
+            self.deferred = False
+        elif due:
+            self.deferred = True
+        # the first evaluation and the last are waited for: selection needs a value from the
+        # start, and every evaluation submitted must be counted before the run ends
+        finished += self.evaluator.poll(wait=last or not (self.evaluation or finished))
+        for evaluation in finished:
+            self.take_in(evaluation)
+        metrics = dict(self.evaluation)
+        metrics["eval_pending"] = float(len(self.evaluator.pending()))
         return metrics
 
+    def matches(self, iteration: int, weights: dict[str, torch.Tensor], games: int, purpose: int) -> list[Match]:
+        """One match per ladder rung (and against the pool's latest snapshot for evaluations)."""
+        config = self.config
+        matches = [Match(iteration, name, games, self.seed_for(purpose * 100 + number, iteration), weights)
+                   for number, name in enumerate(config.ladder)]
+        latest = self.pool.latest()
+        if purpose == EVALUATION and latest is not None:
+            matches.append(Match(iteration, SNAPSHOT, games, self.seed_for(purpose * 100 + 99, iteration), weights,
+                                 latest[1], latest[0]))
+        return matches
+
+    def submit_evaluation(self, iteration: int) -> None:
+        weights = self.frozen_weights()
+        self.played[iteration] = weights   # kept until its result is in (and while it is the selected one)
+        self.evaluator.submit(self.matches(iteration, weights, self.config.eval_games, EVALUATION))
+
+    def take_in(self, evaluation: Evaluation) -> None:
+        """An evaluation's results: the Elo table, the metrics, and selection by ladder score."""
+        config, iteration = self.config, evaluation.iteration
+        metrics = match_metrics(None, SUFFIX[SNAPSHOT])  # NaN until the pool holds a snapshot
+        for name, result in evaluation.results.items():
+            for score in result.scores:
+                self.elo.update(LEARNER, evaluation.labels[name], score)
+            metrics.update(match_metrics(result, SUFFIX[name]))
+        self.elo.record(iteration)
+        metrics["ladder_score"] = ladder_score(evaluation.results, config.ladder)
+        metrics["elo"] = self.elo.ratings[LEARNER]
+        for name in config.ladder:
+            metrics[f"elo_{name}"] = self.elo.ratings[name]
+        metrics["eval_iteration"] = float(iteration)
+        metrics["eval_seconds"] = evaluation.seconds
+        weights = self.played.pop(iteration, None)
+        score = metrics[config.metric] if config.metric in metrics else None
+        if score is not None and weights is not None and self.improves_on_selected(score):
+            self.selected = {"iteration": iteration, "score": float(score), "weights": weights,
+                             "metrics": dict(metrics)}
+        self.evaluation = metrics
+        if self.context.rank == 0 and self.context.output_dir is not None:
+            self.elo.write(self.context.output_dir / "elo.json")
+
+    def improves_on_selected(self, score: float) -> bool:
+        if self.selected is None:
+            return True
+        best = self.selected["score"]
+        return score < best if self.config.mode == "min" else score > best
+
+    def run_iteration(self) -> tuple[dict[str, float], bool]:
+        """The base iteration; the best state it keeps is the weights that played the selected
+        evaluation (with evaluation actors that is an earlier iteration's than the current)."""
+        before = None if self.selected is None else self.selected["iteration"]
+        metrics, stop = super().run_iteration()
+        if self.selected is not None:
+            if self.selected["iteration"] != before or self.early_stopping.best_iteration != self.selected["iteration"] - 1:
+                self.best_state = {key: value.clone() for key, value in self.selected["weights"].items()}
+                self.best_metrics = dict(self.selected.get("metrics", self.best_metrics))
+            if self.selected["iteration"] != before:
+                self.early_stopping.bad_iterations = 0
+            stopping = self.early_stopping
+            stopping.best, stopping.best_iteration = self.selected["score"], self.selected["iteration"] - 1
+        return metrics, stop
+
+    def _finish(self, metrics, stopped_early, seconds):
+        """Keep the last iteration's weights beside the selected ones (the checkpoint holds both)."""
+        self.last_weights = {"iteration": self.iteration, "weights": self.frozen_weights()}
+        return super()._finish(metrics, stopped_early, seconds)
+
     def final_metrics(self) -> dict[str, float]:
-        """The best state against random and capture-first, `final_eval_games` games each."""
+        """The selected state against every ladder rung, `final_eval_games` games each (in the
+        learner, after training: nothing else is running then)."""
         games = self.config.final_eval_games
+        held = self.early_stopping.best_iteration + 1 if self.best_state else self.iteration
+        metrics: dict[str, float] = {"final_weights_iteration": float(held)}
         if games == 0:
-            return {}
-        learner = self.agent(self.network)
-        metrics: dict[str, float] = {}
-        for number, (name, opponent) in enumerate((("random", random_agent), ("capture", capture_first_agent))):
-            result = play_match(learner, opponent, games, self.config.ply_limit, self.seed_for(FINAL * 100 + number, 0),
-                                self.config.start_sfen)
-            metrics.update({f"final_{key}": value for key, value in match_metrics(result, name).items()})
+            return metrics
+        results = {match.opponent: play(match, self.config, self.device)
+                   for match in self.matches(held, self.weights(), games, FINAL)}
+        for name, result in results.items():
+            metrics.update({f"final_{key}": value for key, value in match_metrics(result, SUFFIX[name]).items()})
+        metrics["final_ladder_score"] = ladder_score(results, self.config.ladder)
         return metrics
 
     # ----- state
     def extra_state(self) -> dict[str, Any]:
+        """Besides the sources' games, pool, Elo and counters: which iteration's weights the
+        model holds (`weights_iteration`: the selected one after training), the last iteration's
+        weights once training is over, and evaluations still being played (replayed on resume)."""
+        held = self.early_stopping.best_iteration + 1 if self.finished and self.best_state else self.iteration
+        selected = None if self.selected is None else {key: self.selected[key] for key in ("iteration", "score")}
         return {"source": self.source.state_dict(), "pool": self.pool.state_dict(), "elo": self.elo.state_dict(),
-                "evaluation": dict(self.evaluation), "totals": dict(self.totals)}
+                "evaluation": dict(self.evaluation), "totals": dict(self.totals),
+                "weights_iteration": held, "selected": selected, "last": self.last_weights, "deferred": self.deferred,
+                "pending_evaluations": {it: self.played[it] for it in self.evaluator.pending() if it in self.played}}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if not state:
@@ -197,6 +288,13 @@ class PpoShogiTrainer(Trainer):
         self.elo.load_state_dict(state["elo"])
         self.evaluation = dict(state["evaluation"])
         self.totals = {key: int(value) for key, value in state["totals"].items()}
+        self.last_weights = state.get("last")
+        self.deferred = bool(state.get("deferred", False))
+        if state.get("selected") and self.best_state:
+            self.selected = {**state["selected"], "weights": self.best_state, "metrics": dict(self.best_metrics)}
+        for iteration, weights in sorted(state.get("pending_evaluations", {}).items()):
+            self.played[int(iteration)] = weights
+            self.evaluator.submit(self.matches(int(iteration), weights, self.config.eval_games, EVALUATION))
 
     def save_figures(self) -> None:
         super().save_figures()
@@ -217,13 +315,4 @@ class PpoShogiTrainer(Trainer):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
         self.context.log_figure("elo", figure, self.iteration)
-
-
-def match_metrics(result: MatchResult | None, name: str) -> dict[str, float]:
-    if result is None:
-        return dict.fromkeys((f"win_rate_{name}", f"loss_rate_{name}", f"draw_rate_{name}", f"mean_plies_{name}"),
-                             float("nan"))
-    return {f"win_rate_{name}": result.win_rate, f"loss_rate_{name}": result.loss_rate,
-            f"draw_rate_{name}": result.draws / max(1, result.games),
-            f"mean_plies_{name}": result.plies / max(1, result.games)}
 
