@@ -105,7 +105,12 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, pytestconfig):
+    marks = pytestconfig.getoption("markexpr") or ""
+    if "cluster" not in marks or "not cluster" in marks:
+        # a `-m` of its own (e.g. -m "not ray") replaces the default "not cluster": building
+        # three hosts takes many minutes, so only an explicit -m cluster does it
+        pytest.skip("the multi-node suite runs with -m cluster")
     if os.geteuid() != 0:
         pytest.skip("the cluster suite needs root (network namespaces, sshd, a user)")
     from tests.test_cluster_launcher import _install_if_missing
