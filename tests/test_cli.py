@@ -111,10 +111,14 @@ def test_tune_plans_room_for_each_trials_self_play_actors():
     from distributed.resources import ResourceError, ray_parts_of
     from distributed.tune import plan_trials
 
-    spec, config = assemble_config("ppo-shogi", None, ["collector=ray", "actors=2", "actor_cpus=0.5"])
+    spec, config = assemble_config("ppo-shogi", None, ["collector=ray", "actors=2", "actor_cpus=0.5", "eval_actors=0"])
     assert ray_parts_of(spec, config, 1, 0.0).cpus == 1.0
-    _, served = assemble_config("ppo-shogi", None, ["collector=ray", "actors=2", "actor_cpus=0.5", "inference=server"])
+    _, served = assemble_config("ppo-shogi", None, ["collector=ray", "actors=2", "actor_cpus=0.5", "eval_actors=0",
+                                                    "inference=server"])
     assert ray_parts_of(spec, served, 1, 0.0).cpus == 1.5  # one inference actor per learner
+    _, evaluated = assemble_config("ppo-shogi", None, ["collector=ray", "actors=2", "actor_cpus=0.5", "eval_actors=2"])
+    assert ray_parts_of(spec, evaluated, 1, 0.0).cpus == 2.0  # evaluation actors beside one learner
+    assert ray_parts_of(spec, evaluated, 2, 0.0).cpus == 1.0  # several learners evaluate in-process
     _, local = assemble_config("ppo-shogi", None, [])
     assert ray_parts_of(spec, local, 1, 0.0) is None
     assert ray_parts_of(assemble_config("mopie", None, [])[0], local, 1, 0.0) is None  # no hook at all

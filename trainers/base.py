@@ -348,11 +348,11 @@ class Trainer(abc.ABC):
 
     def fit(self) -> TrainingResult:
         try:
-            return self._fit()
+            return self._run_loop()
         finally:
             self.teardown()
 
-    def _fit(self) -> TrainingResult:
+    def _run_loop(self) -> TrainingResult:
         started = self._fit_started = time.perf_counter()
         state, self._resume_from = self._resume_from, None
         if state is not None:
