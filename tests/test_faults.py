@@ -320,7 +320,8 @@ def test_run_resumes_after_its_local_ray_was_killed(ray_session, small_sets, tmp
     run_dir = tmp_path / "gat-simple_lost-ray"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     command = [sys.executable, "run.py", "--algorithm", "gat-simple", "--storage", str(tmp_path),
-               "--name", run_dir.name, *[f"--set={s}" for s in small_sets], "--set", f"max_iterations={iterations}"]
+               "--name", run_dir.name, *[f"--set={s}" for s in small_sets], "--set", f"max_iterations={iterations}",
+               "--verbose"]  # Ray's own output: the dashboard's address is read from it
     seen = CheckpointsSeen(run_dir)
     with child_process(command, log, env) as process:
         wait_for(lambda: "worker(s) x" in log.read_text(errors="replace"), 240, "Ray up", process, log)
@@ -387,7 +388,8 @@ def test_interrupted_tune_driver_resumes_without_rerunning_finished_trials(ray_s
             "--storage", str(tmp_path), "--set", f"max_iterations={iterations}", "--grid", "patience=[0]"]
     # the driver joins the session's Ray: killing it ends its job, and Ray ends the job's trials
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
-    with child_process([sys.executable, "tune.py", *args, "--name", experiment.name], log, env) as process:
+    # --verbose: Ray's per-trial lines ("completed after N iterations") tell when to interrupt
+    with child_process([sys.executable, "tune.py", *args, "--name", experiment.name, "--verbose"], log, env) as process:
         # the driver's own progress lines (result.json files are written in batches)
         wait_for(lambda: log.read_text(errors="replace").count(f"completed after {iterations} iterations") >= 2,
                  300, "2 finished trials", process, log, every=0.02)
