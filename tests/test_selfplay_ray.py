@@ -248,7 +248,7 @@ def test_a_search_whose_actors_cannot_fit_exits_2_at_once(ray_session, capsys, t
     started = time.perf_counter()
     try:
         code = tune.main(["--algorithm", "ppo-shogi", "--num-samples", "1", "--storage", str(tmp_path),
-                          "--set", "collector=ray", "--set", "actors=4"])
+                          "--set", "collector=ray", "--set", "actors=4", "--set", "eval_actors=0"])
     except SystemExit as exit_:
         code = exit_.code
     err = capsys.readouterr().err
