@@ -4,6 +4,7 @@ reconstruction written out as data at the end of a run.
 """
 from __future__ import annotations
 
+import abc
 import csv
 import math
 from pathlib import Path
@@ -36,8 +37,9 @@ class ImagingTrainer(Trainer):
         self.ceiling = self.experiment.ceiling
         return self.experiment
 
+    @abc.abstractmethod
     def reconstruction(self) -> torch.Tensor:
-        raise NotImplementedError
+        """The current complex object estimate (obj_size x obj_size)."""
 
     def test_metrics(self, reconstruction: torch.Tensor, prefix: str = "test_") -> dict[str, float]:
         """SSIM/PSNR/RMSE against the ground truth, when the measurements were simulated."""
