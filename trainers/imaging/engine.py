@@ -73,7 +73,7 @@ class MopieEngine:
     def __init__(self, frames: torch.Tensor, positions: torch.Tensor, diameter: float, grid: int,
                  obj_size: int, *, learn_probe: bool = False, support: bool = True,
                  value_range: str = "real", eps: float | None = None, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, graphs: bool = False):
         self.device, self.seed = frames.device, seed
         self.rank, self.world_size = rank, world_size
         self.batches: BatchPlan | None = None
@@ -99,7 +99,17 @@ class MopieEngine:
         # data-parallel: this rank's corrections, added up over the ranks before the step
         self.shares = torch.zeros_like(self.buffer) if world_size > 1 else None
         self.probe = torch.ones(self.frame, self.frame, dtype=torch.complex64, device=self.device)
+        # the step size and the epoch's summed error live on the device: a replayed graph reads
+        # and writes them there (a Python float would be frozen into the graph at capture)
+        self.step_size = torch.ones((), device=self.device)
+        self.epoch_error = torch.zeros((), device=self.device)
+        self.graphs = EpochGraphs() if graphs and self.graphable() else None
         self.reset_momentum()
+
+    def graphable(self) -> bool:
+        """Whether an epoch can replay as CUDA graphs: on a GPU, one rank (no collectives in a
+        graph), a fixed binary pupil (the learned probe's step reassigns the probe each batch)."""
+        return self.device.type == "cuda" and self.world_size == 1 and not self.learn_probe
 
     def _window_index(self, rounded: torch.Tensor, inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Buffer indices (n, k, M, M) of each position's window (the scratch outside its disc),
@@ -144,6 +154,7 @@ class MopieEngine:
         self.native.copy_(torch.fft.ifftshift(value.to(self.device), dim=(-2, -1))[:, :self.width])
 
     def reset_momentum(self) -> None:
+        self._forget_graphs()  # the tensors below are new: a graph would still point at the old ones
         self.velocity = torch.zeros_like(self.native)
         self.probe_velocity = torch.zeros_like(self.probe)
         self.anchor, self.probe_anchor = self.native.clone(), self.probe.clone()
@@ -159,6 +170,7 @@ class MopieEngine:
         return {**{key: getattr(self, key).clone() for key in STATE_KEYS}, "anchored": self.anchored}
 
     def load(self, state: dict[str, Any]) -> None:
+        self._forget_graphs()
         self.native.copy_(state["native"])
         for key in STATE_KEYS[1:]:  # copies: the steps work in place
             setattr(self, key, state[key].to(self.device, copy=True))
@@ -176,8 +188,18 @@ class MopieEngine:
     def plan(self, batch_size: int) -> "BatchPlan":
         """The fixed mini-batches for `batch_size` (built once; the trainer builds it at setup)."""
         if self.batches is None or self.batches.batch_size != batch_size:
+            self._forget_graphs()
             self.batches = BatchPlan.build(self, batch_size)
         return self.batches
+
+    def set_probe(self, probe: torch.Tensor) -> None:
+        """Replace the pupil (a restored state) in place, where a captured graph reads it."""
+        self.probe.copy_(probe.to(self.device))
+
+    def _forget_graphs(self) -> None:
+        graphs = getattr(self, "graphs", None)
+        if graphs is not None:
+            graphs.clear()
 
     def epoch(self, order: torch.Tensor, batch_size: int, alpha: float, beta: float,
               momentum: float, momentum_every: int, constrain_every: int = 0) -> torch.Tensor:
@@ -186,22 +208,38 @@ class MopieEngine:
 
         mPIE momentum follows every `momentum_every` batches (0: the last only), the real-space
         constraints every `constrain_every` batches and always the epoch's last batch (after its
-        momentum step): the epoch ends constrained."""
+        momentum step): the epoch ends constrained.
+
+        With graphs (`graphable`), each batch's update and each kind of step after a batch
+        (momentum and/or constraints) is captured once as a CUDA graph and replayed, in the
+        epoch's order: the same kernels as the eager loop, one launch each instead of a few dozen
+        (the epoch is launch-bound at these frame sizes). The first epoch with momentum, whose
+        momentum step only sets the anchor, and the first call of each piece run eagerly."""
         plan = self.plan(batch_size)
-        error = torch.zeros((), device=self.device)
+        self.step_size.fill_(alpha)
+        self.epoch_error.zero_()
         batches = plan.visiting_order(order)
+        graphs = self.graphs if self.graphs is not None and (momentum == 0 or self.anchored) else None
         for number, batch in enumerate(batches, start=1):
-            error += self.update(self.own_rows(plan.rows[batch]), alpha, beta)
             last = number == len(batches)
             push = momentum > 0 and _due(number, momentum_every, last)
-            if push:
-                self.momentum_step(momentum)
-            if last or _due(number, constrain_every, last):
-                self.constrain()
-            if push:
-                self.anchor.copy_(self.native)
+            constrain = last or _due(number, constrain_every, last)
+            rows = self.own_rows(plan.rows[batch])
+            run(graphs, ("update", batch_size, batch), lambda: self.update(rows, beta))
+            if push or constrain:
+                run(graphs, ("after", push, constrain, momentum), lambda: self.after_batch(push, constrain, momentum))
+        return collective.sum_(self.epoch_error.clone(), self.world_size) / self.total
+
+    def after_batch(self, push: bool, constrain: bool, momentum: float) -> None:
+        """What follows a batch when due: the momentum step, the constraints, the new anchor."""
+        if push:
+            self.momentum_step(momentum)
+        if constrain:
+            self.constrain()
+        if push:
+            self.anchor.copy_(self.native)
+            if self.learn_probe:  # a fixed pupil never moves: its anchor stays equal to it
                 self.probe_anchor = self.probe.clone()
-        return collective.sum_(error, self.world_size) / self.total
 
     @torch.no_grad()
     def residual(self) -> torch.Tensor:
@@ -234,9 +272,10 @@ class MopieEngine:
         part = collective.share(rows.stop - rows.start, self.rank, self.world_size)
         return slice(rows.start + part.start, rows.start + part.stop)
 
-    def update(self, rows: slice, alpha: float, beta: float) -> torch.Tensor:
-        """One batched ePIE step over the samples in `rows` of the batch plan (contiguous slices:
-        no gathers); returns the batch's summed squared amplitude error."""
+    def update(self, rows: slice, beta: float) -> None:
+        """One batched ePIE step of size `step_size` over the samples in `rows` of the batch plan
+        (contiguous slices: no gathers); adds the batch's summed squared amplitude error to
+        `epoch_error`. No host syncs: it can be captured as a CUDA graph."""
         plan = self.batches
         index = plan.index[rows]                                              # (B, k, M, M)
         flat = index.flatten()
@@ -259,6 +298,7 @@ class MopieEngine:
         # sum |psi - phi|^2 (Parseval) = sum I_r (ratio - 1)^2: the squared amplitude error
         # sum (sqrt(I_m) - sqrt(I_r))^2 up to eps, k times over a line's k positions
         error = torch.linalg.vector_norm(torch.view_as_real(correction)).square() / (positions * area**2)
+        self.epoch_error += error
         if pupil is None:  # 1 / (M^2 summed coverage) and the mirror signs, in one real multiply
             torch.view_as_real(correction).mul_(plan.steps[rows])
         else:  # the probe step uses the object before this batch's object step
@@ -269,13 +309,13 @@ class MopieEngine:
                 correction.shape)
             if plan.signs is not None:
                 torch.view_as_real(correction).mul_(plan.signs[rows])
+        correction *= self.step_size
         if self.shares is None:
-            self.buffer.index_add_(0, flat, correction.flatten(), alpha=alpha)
+            self.buffer.index_add_(0, flat, correction.flatten())
         else:  # the ranks' shares summed: one all-reduce of the spectrum per batch
-            self.shares.zero_().index_add_(0, flat, correction.flatten(), alpha=alpha)
+            self.shares.zero_().index_add_(0, flat, correction.flatten())
             self.buffer[:self.size] += collective.sum_(self.shares[:self.size], self.world_size)
         self.buffer[self.size:] = 0
-        return error
 
     def coverage_scale(self, flat: torch.Tensor, weight: torch.Tensor, shared: bool = True) -> torch.Tensor:
         """1 / the summed coverage sum |P|^2 of a batch at each of its window pixels `flat`: the
@@ -353,8 +393,9 @@ class BatchPlan:
         generator = torch.Generator().manual_seed(engine.seed)
         ids = torch.randperm(count, generator=generator).to(engine.device)
         rows = [slice(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
-        batch_of = torch.empty(count, dtype=torch.long, device=engine.device)
-        batch_of[ids] = torch.arange(count, device=engine.device) // batch_size
+        # on the host: the visiting order is a host-side loop (no device sync per epoch)
+        batch_of = torch.empty(count, dtype=torch.long)
+        batch_of[ids.cpu()] = torch.arange(count) // batch_size
         index = engine.index[ids].int()  # int32: the gathers and scatters take it, at half the traffic
         signs = None
         if engine.conjugate is not None:
@@ -370,7 +411,7 @@ class BatchPlan:
 
     def visiting_order(self, order: torch.Tensor) -> list[int]:
         """Batches in the order in which `order` (sample ids) first names one of their members."""
-        return list(dict.fromkeys(self.batch_of[order.to(self.batch_of.device)].tolist()))
+        return list(dict.fromkeys(self.batch_of[order.cpu()].tolist()))
 
 
 def _batched_fft(batch: torch.Tensor, inverse: bool, norm: str) -> torch.Tensor:
@@ -379,6 +420,41 @@ def _batched_fft(batch: torch.Tensor, inverse: bool, norm: str) -> torch.Tensor:
     if batch.numel() == 0:
         return batch.clone()
     return (torch.fft.ifft2 if inverse else torch.fft.fft2)(batch, norm=norm)
+
+
+class EpochGraphs(dict):
+    """CUDA graphs of the pieces of an epoch, by key. A piece runs eagerly the first time (that
+    also sets up cuFFT's plans and the allocator before any capture), is captured the second time
+    and replayed from then on. Each graph has its own memory pool: the pieces replay in a
+    different order every epoch, and one pool is safe only for graphs replayed in capture order.
+    Everything a piece reads or writes across calls is a persistent tensor of the engine,
+    updated in place (a piece must not rebind one: `MopieEngine._forget_graphs`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set = set()
+
+    def clear(self) -> None:
+        super().clear()
+        self.seen.clear()
+
+
+def run(graphs: EpochGraphs | None, key: Any, piece) -> None:
+    """`piece()` eagerly, or replayed from its CUDA graph in `graphs` (see EpochGraphs)."""
+    if graphs is None:
+        piece()
+        return
+    graph = graphs.get(key)
+    if graph is None:
+        if key not in graphs.seen:
+            graphs.seen.add(key)
+            piece()
+            return
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            piece()
+        graphs[key] = graph
+    graph.replay()
 
 
 def _due(number: int, every: int, last: bool) -> bool:

@@ -37,7 +37,8 @@ class MopieTrainer(ImagingTrainer):
         self.engine = MopieEngine(to_frames(images, frame, diameter), self.positions, diameter, grid, self.obj_size,
                                   learn_probe=config.learn_probe, support=config.support,
                                   value_range=config.value_range, seed=config.seed,
-                                  rank=self.context.rank, world_size=self.context.world_size)
+                                  rank=self.context.rank, world_size=self.context.world_size,
+                                  graphs=config.cuda_graphs)
         self.engine.plan(config.batch_size)
         # start from the sample nearest DC: its amplitude is a low-passed object
         nearest = int(self.positions.mean(dim=1).norm(dim=1).argmin())
@@ -79,7 +80,7 @@ class MopieTrainer(ImagingTrainer):
     def load_model_state(self, state: dict[str, Any]) -> None:
         if state:
             self.engine.native.copy_(state["native"])
-            self.engine.probe = state["probe"].to(self.device)
+            self.engine.set_probe(state["probe"])
 
     def extra_state(self) -> dict[str, Any]:
         return {"engine": self.engine.state()}

@@ -34,6 +34,9 @@ class MopieConfig(ImagingConfig):
                                       description="camera-grid side M of the per-aperture FFTs (sample_diameter + 2 "
                                                   "to image_size); None = auto (>= d + 3, or >= 2d + 2 with "
                                                   "learn_probe), image_size = full-grid FFTs")
+    cuda_graphs: bool = Field(True, description="on one GPU with a known pupil, replay each batch's update and the "
+                                                "end-of-epoch steps as CUDA graphs (ignored on a CPU, on several "
+                                                "ranks and with learn_probe)")
     max_iterations: int = Field(30, ge=1, le=1_000_000)
     patience: int = Field(5, ge=0, le=10_000)
 
