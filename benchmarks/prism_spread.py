@@ -52,6 +52,20 @@ def run_seed(seed: int, device: str, threads: int, overrides: list[str]) -> dict
     return row
 
 
+def _run_seed_star(job: tuple) -> dict:
+    return run_seed(*job)
+
+
+def device_name(device: str) -> str:
+    import os
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -65,21 +79,33 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"prism_spread-{args.device.split(':')[0]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def write(partial: bool) -> None:
+        # after every finished seed: a run cut by a time limit still leaves the seeds it finished
+        ssims = [row["final_test_ssim"] for row in rows]
+        report = {"device": device_name(args.device), "threads": torch.get_num_threads(), "overrides": args.set,
+                  "seeds": args.seeds, "partial": partial,
+                  "selection": "val_loss (held-out apertures); test_ssim against the truth is only reported",
+                  "runs": sorted(rows, key=lambda row: row["seed"]), "final_test_ssim_min": min(ssims),
+                  "final_test_ssim_median": statistics.median(ssims), "final_test_ssim_max": max(ssims)}
+        out.write_text(json.dumps(report, indent=2))
+
+    jobs = [(seed, args.device, args.threads, args.set) for seed in args.seeds]
     if args.jobs > 1:
         import multiprocessing
 
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            rows = pool.starmap(run_seed, [(seed, args.device, args.threads, args.set) for seed in args.seeds])
+            for row in pool.imap_unordered(_run_seed_star, jobs):
+                rows.append(row)
+                write(partial=len(rows) < len(jobs))
     else:
-        rows = [run_seed(seed, args.device, args.threads, args.set) for seed in args.seeds]
+        for job in jobs:
+            rows.append(run_seed(*job))
+            write(partial=len(rows) < len(jobs))
     ssims = [row["final_test_ssim"] for row in rows]
-    report = {"device": args.device, "threads": torch.get_num_threads(), "overrides": args.set,
-              "selection": "val_loss (held-out apertures); test_ssim against the truth is only reported",
-              "runs": rows, "final_test_ssim_min": min(ssims), "final_test_ssim_median": statistics.median(ssims),
-              "final_test_ssim_max": max(ssims)}
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"prism_spread-{args.device.split(':')[0]}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
     print(f"final test SSIM (the state selected by val_loss) min {min(ssims):.4f} median {statistics.median(ssims):.4f} max {max(ssims):.4f}; wrote {out}")
     return 0
 

@@ -265,6 +265,8 @@ class PrismTrainer(ImagingTrainer):
         """
         config = self.config
         first = images[self.train_ids[0]].clamp_min(0)
+        if config.init_target == "mopie":
+            return self._mopie_estimate(images)
         if config.init_target == "measurement":
             return first.sqrt()
         if config.init_target == "synthetic_aperture":
@@ -272,6 +274,27 @@ class PrismTrainer(ImagingTrainer):
         else:  # circle: a disc of obj_size
             shape = fw.pupil_masks(torch.zeros(2), self.obj_size, config.image_size).to(self.device)
         return shape * (first.sum() / shape.square().sum().clamp_min(1e-30)).sqrt()
+
+    def _mopie_estimate(self, images: torch.Tensor) -> torch.Tensor:
+        """|object| of `init_epochs` mopie epochs (its defaults: batches of 16, mPIE momentum, real
+        [0, 1] object in its support window) on the FITTED apertures only, started, as mopie
+        starts, from sqrt of the image nearest DC: a phase-retrieval estimate of the object from
+        the data, which the held-out apertures never see (val_loss stays a test of prediction)."""
+        from trainers.imaging.frames import auto_frame_size
+        from trainers.imaging.mopie_config import MopieConfig
+
+        config, defaults = self.config, MopieConfig()
+        grid, diameter = config.image_size, config.sample_diameter
+        ids = self.train_ids
+        engine = MopieEngine(to_frames(images[ids], auto_frame_size(grid, diameter), diameter), self.positions[ids],
+                             diameter, grid, self.obj_size, seed=config.seed)
+        nearest = int(self.positions[ids].reshape(len(ids), -1, 2).mean(dim=1).norm(dim=1).argmin())
+        engine.initialise(images[ids[nearest]].clamp_min(0).sqrt())
+        generator = torch.Generator().manual_seed(config.seed)
+        for _ in range(config.init_epochs):
+            engine.epoch(torch.randperm(len(ids), generator=generator), defaults.batch_size, defaults.lr,
+                         defaults.beta, defaults.momentum, defaults.momentum_every, defaults.constrain_every)
+        return engine.reconstruction().real.clamp(0, 1)
 
     # ----- the measurement model
     def amplitude(self) -> torch.Tensor:

@@ -65,11 +65,13 @@ class PrismConfig(ImagingConfig):
     retry_loss: Optional[LossName] = Field(None, description="loss of a retry; None = l2 after l1, else l1")
     retry_share: float = Field(0.25, gt=0, lt=1, description="share of a retry's loss given to the failed aperture")
     # initialisation phase
-    init_target: Literal["circle", "measurement", "synthetic_aperture"] = Field(
+    init_target: Literal["circle", "measurement", "synthetic_aperture", "mopie"] = Field(
         "synthetic_aperture", description="circle: disc of obj_size; measurement: sqrt of the first image; "
-                                   "synthetic_aperture: sqrt of the mean of all noiseless images (the spec's "
-                                   "definition: with snr set it knows more than the data); circle and "
-                                   "synthetic_aperture are scaled to the power of the first image")
+                                   "synthetic_aperture: sqrt of the mean of the fitted images; mopie: the amplitude "
+                                   "of a mopie (batched ePIE) reconstruction from the fitted apertures, "
+                                   "init_epochs epochs; circle and synthetic_aperture are scaled to the power of "
+                                   "the first image")
+    init_epochs: int = Field(10, ge=1, le=10_000, description="mopie epochs of init_target=mopie")
     init_steps: int = Field(200, ge=0, le=100_000, description="step budget of the initialisation fit (0 = skip)")
     init_threshold: float = Field(0.05, gt=0, le=1, description="relative L1 that ends the initialisation early")
     # the decoder
