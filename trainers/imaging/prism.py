@@ -348,7 +348,7 @@ class PrismTrainer(ImagingTrainer):
     def _initialise(self) -> None:
         """Fit the amplitude to the init target (relative L1) until init_threshold or init_steps."""
         config = self.config
-        self._set_lr(config.lr)
+        self._set_lr(config.init_lr or config.lr)
         loss_value = float("nan")
         take_step = self._step_taker(lambda: relative_l1(self.amplitude(), self.init_target), split=False)
         for step in range(1, config.init_steps + 1):
