@@ -36,6 +36,8 @@ class GatSimpleConfig(TrainerConfig):
     prior_beta: float = Field(0.5, ge=0, le=2, description="RP3beta's popularity exponent in the blend prior")
     prior_neighbours: int = Field(100, ge=1, le=100_000, description="ItemKNN's neighbours in the blend prior")
     prior_shrink: float = Field(20.0, ge=0, le=1e6, description="ItemKNN's shrinkage in the blend prior")
+    prior_folds: int = Field(0, ge=0, le=20, description="the BPR loss scores each training pair with a prior fitted "
+                                                         "without that pair's fold of edges; 0: the full prior")
     prior_weight: float = Field(1.0, ge=0, le=1e4, description="weight of the standardised prior in the score")
     # speed (opt-in; CPU behaviour unchanged with both off)
     mixed_precision: bool = Field(False, description="bf16 autocast of the network's forward on CUDA (ignored on "
