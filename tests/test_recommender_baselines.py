@@ -88,3 +88,28 @@ def test_ease_params_range_message_states_the_bound():
     with pytest.raises(ValueError, match="greater than 0"):
         check_grid("ease", [{"lam": 0}])
     assert EASEParams().lam > 0
+
+
+def test_ease_user_scores_without_the_item_inverse_equal_x_times_b():
+    """Fewer users than songs takes the push-through route (a users x users solve); it must give
+    exactly X @ B of the closed form, training songs included (B's zero diagonal)."""
+    from trainers.recommender.baselines import ease_user_scores
+
+    gen = torch.Generator().manual_seed(0)
+    wide = (torch.rand(6, 15, generator=gen) < 0.4).float()
+    for x in (wide, X, X.T.contiguous()):  # 6 x 15 and 4 x 5 take the new route, 5 x 4 the old one
+        for lam in (0.5, 30.0):
+            assert torch.allclose(ease_user_scores(x, lam), x @ ease_weights(x, lam), atol=1e-5)
+
+
+def test_benchmark_grid_out_of_range_exits_2_naming_the_field():
+    """A grid given on the benchmark's command line is checked before any data is built."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "recommender_quality.py"),
+                           "--grid", 'rp3beta=[{"alpha": 0.5, "beta": 9}]'], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "rp3beta.beta = 9" in done.stderr and "less than or equal to 2" in done.stderr

@@ -209,3 +209,31 @@ def test_compile_trains_and_keeps_the_plain_checkpoint_keys(small, tmp_path):
         assert list(ddp.model_state()) == keys
     finally:
         dist.destroy_process_group()
+
+
+def test_fold_out_prior_scores_each_training_pair_without_its_fold(small):
+    """Fold f of the BPR loss's prior is EASE^R fitted on the training matrix minus fold f's
+    edges (computed here from the closed form), and it scores those edges lower than the full
+    prior does: EASE^R reconstructs the pairs it was fitted on."""
+    from trainers.recommender.baselines import ease_weights, interaction_matrix
+
+    trainer = create_trainer("advanced", {**small, "item_prior": "ease", "prior_folds": 3, "prior_weight": 1.0,
+                                          "max_iterations": 1})
+    trainer.setup()
+    data, folds = trainer.data, trainer.edge_fold
+    assert trainer.train_prior.shape == (3, data.n_users, data.n_songs)
+    counts = torch.bincount(folds, minlength=3)
+    assert len(counts) == 3 and int(counts.max() - counts.min()) <= 1  # balanced folds
+    x = interaction_matrix(data)
+    held = folds == 1
+    x1 = x.clone()
+    x1[data.train_user[held], data.train_song[held]] = 0.0
+    expected = x1 @ ease_weights(x1, trainer.config.prior_lambda)
+    expected = expected / expected.std()
+    assert torch.allclose(trainer.train_prior[1], expected / expected.std(), atol=1e-4)
+    pairs = data.train_user[held], data.train_song[held]
+    assert trainer.train_prior[1][pairs].mean() < trainer.prior[pairs].mean()
+    # prior_folds 0: every training pair sees the full prior
+    plain = create_trainer("advanced", {**small, "item_prior": "ease", "prior_folds": 0, "max_iterations": 1})
+    plain.setup()
+    assert torch.equal(plain.train_prior[0], plain.prior) and int(plain.edge_fold.max()) == 0

@@ -27,10 +27,17 @@ class GatSimpleConfig(TrainerConfig):
         default_factory=lambda: ["artist"],
         description="node types with a free vector per node; the others are built from their neighbours")
     eval_ks: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
-    item_prior: Literal["none", "ease"] = Field(
+    item_prior: Literal["none", "ease", "blend"] = Field(
         "none", description="'ease': add an EASE^R item-item score (closed form on the training matrix) to the "
-                            "GAT's dot product, so the network learns a residual on top of it")
+                            "GAT's dot product, so the network learns a residual on top of it; 'blend': the sum of "
+                            "the standardised EASE^R, RP3beta and ItemKNN scores instead")
     prior_lambda: float = Field(300.0, gt=0, le=1e7, description="L2 weight of the EASE^R prior")
+    prior_alpha: float = Field(0.6, gt=0, le=5, description="RP3beta's transition exponent in the blend prior")
+    prior_beta: float = Field(0.5, ge=0, le=2, description="RP3beta's popularity exponent in the blend prior")
+    prior_neighbours: int = Field(100, ge=1, le=100_000, description="ItemKNN's neighbours in the blend prior")
+    prior_shrink: float = Field(20.0, ge=0, le=1e6, description="ItemKNN's shrinkage in the blend prior")
+    prior_folds: int = Field(0, ge=0, le=20, description="the BPR loss scores each training pair with a prior fitted "
+                                                         "without that pair's fold of edges; 0: the full prior")
     prior_weight: float = Field(1.0, ge=0, le=1e4, description="weight of the standardised prior in the score")
     # speed (opt-in; CPU behaviour unchanged with both off)
     mixed_precision: bool = Field(False, description="bf16 autocast of the network's forward on CUDA (ignored on "
@@ -86,7 +93,7 @@ class GatAdvancedConfig(GatSimpleConfig):
     schedule: Schedule = "plateau"
     val_frac: float = Field(0.15, gt=0, lt=0.5)
     test_frac: float = Field(0.15, gt=0, lt=0.5)
-    item_prior: Literal["none", "ease"] = "ease"
+    item_prior: Literal["none", "ease", "blend"] = "ease"
     prior_weight: float = Field(10.0, ge=0, le=1e4, description="weight of the standardised prior in the score")
     refit: bool = Field(False, description="serving protocol: validation songs join the training set and the model "
                                            "trains for exactly max_iterations (the count selected on validation "
