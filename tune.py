@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     start_ray(args.address, args.verbose)
     from distributed.progress import SearchProgress
     from distributed.tune import (PBT_INTERVAL, build_trainable, build_tuner, make_scheduler, make_search,
-                                  plan_trials, restore_or_build)
+                                  plan_trials, put_shared_data, restore_or_build)
 
     try:
         cpus, gpus = cluster_totals()
@@ -202,15 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.scheduler == "pbt" and "checkpoint_every" not in config.model_fields_set:
             # an exploiting trial starts from the better trial's latest checkpoint: a fresh one
             config = config.model_copy(update={"checkpoint_every": PBT_INTERVAL})
+        # a data set that cannot be built (too large for its prior, say) is bad input, said once
+        shared_data, shared_note = put_shared_data(spec, config, space)
     except (ResourceError, ValueError) as error:
         return fail(str(error))
 
     experiment_dir = storage / name
-    trainable = build_trainable(plan, spec, config.model_dump(), experiment_dir, args.wandb, mlflow)
+    trainable = build_trainable(plan, spec, config.model_dump(), experiment_dir, args.wandb, mlflow, shared_data)
     total = args.num_samples * grid_combinations(space)
     print(f"search {name}: {total} trial(s) of {spec.name}, {plan.mode} trials, "
           f"{plan.concurrency} at a time, {plan.trial_resources} per trial"
-          + (f" + {plan.workers.workers} worker(s) x {plan.workers.cpus_per_worker:g} CPU" if plan.workers else ""),
+          + (f" + {plan.workers.workers} worker(s) x {plan.workers.cpus_per_worker:g} CPU" if plan.workers else "")
+          + (f"; {shared_note}" if shared_note else ""),
           flush=True)
     started = time.perf_counter()
     tuner = restore_or_build(experiment_dir, args.resume, trainable, space, lambda: build_tuner(

@@ -12,6 +12,7 @@ bf16 autocast on CUDA, their outputs cast to float32 before the BPR loss and the
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,8 +22,8 @@ from trainers.base import Trainer, make_scheduler
 from trainers.context import LocalContext
 from trainers.precision import autocast, uses_amp
 from trainers.recommender.config import GatAdvancedConfig, GatSimpleConfig
-from trainers.recommender.data import (LISTENED_BY, LISTENS, build_graph, build_interactions, sample_negatives,
-                                       training_keys)
+from trainers.recommender.data import (LISTENED_BY, LISTENS, Interactions, build_graph, build_interactions,
+                                       sample_negatives, training_keys)
 from trainers.recommender.events import load_events
 from trainers.recommender.synthetic import ensure_synthetic_dataset
 from trainers.recommender.baselines import ease_weights, interaction_matrix
@@ -42,20 +43,54 @@ def load_config_events(config: GatSimpleConfig):
     return load_events(path)
 
 
+def standardised_prior(data, prior_lambda: float) -> torch.Tensor:
+    """EASE^R scores of every (user, song) from the training matrix, divided by their standard
+    deviation so that `prior_weight` means the same on every data set. A linear item-item
+    model is what the GAT's dot product finds hardest to learn from a few thousand edges;
+    given as a fixed term, the network learns what it misses (taste that propagates through
+    artists and neighbours) instead of relearning it."""
+    if data.n_songs > MAX_PRIOR_SONGS:
+        raise ValueError(f"item_prior = 'ease' inverts an n_songs x n_songs matrix; {data.n_songs} songs "
+                         f"exceed {MAX_PRIOR_SONGS}: use item_prior = 'none'")
+    x = interaction_matrix(data)
+    scores = x @ ease_weights(x, prior_lambda)
+    return scores / scores.std().clamp(min=1e-12)
+
+
+@dataclass
+class RecommenderData:
+    """What every recommender run of a search reads: the split interactions and, with
+    item_prior = 'ease', the standardised prior (users x songs, on the CPU)."""
+
+    interactions: Interactions
+    prior: torch.Tensor | None
+
+
 class GatTrainer(Trainer):
     """What both recommender trainers share: data, graph, model, the BPR epoch."""
 
     split = "none"
     config: GatSimpleConfig
 
+    # the events, their split and the EASE^R prior (a dense inverse: most of a default run's
+    # setup) are the same for every trial of a search that does not vary them
+    shared_data_keys = ("events", "data_dir", "n_users", "n_songs", "n_artists", "n_days", "data_seed",
+                        "item_prior", "prior_lambda")
+
+    @classmethod
+    def build_shared_data(cls, config: GatSimpleConfig) -> RecommenderData:
+        events = load_config_events(config)
+        data = build_interactions(events, getattr(config, "val_frac", 0.0), getattr(config, "test_frac", 0.0),
+                                  split=cls.split, refit=getattr(config, "refit", False))
+        prior = standardised_prior(data, config.prior_lambda) if config.item_prior != "none" else None
+        return RecommenderData(data, prior)
+
     def setup(self) -> None:
         config = self.config
-        events = load_config_events(config)
-        val_frac = getattr(config, "val_frac", 0.0)
-        test_frac = getattr(config, "test_frac", 0.0)
-        self.data = build_interactions(events, val_frac, test_frac, split=self.split,
-                                       refit=getattr(config, "refit", False))
-        self.prior = self.item_prior().to(self.device) if config.item_prior != "none" else None
+        shared = self.shared_data()
+        self.data = shared.interactions
+        # prior_weight scales the shared prior: a space may vary it without rebuilding the prior
+        self.prior = None if shared.prior is None else (config.prior_weight * shared.prior).to(self.device)
         graph = build_graph(self.data).to(self.device)
         self.edge_index, self.edge_attr = graph.edge_index_dict, graph.edge_attr_dict
         self.train_keys = training_keys(self.data)
@@ -71,19 +106,6 @@ class GatTrainer(Trainer):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = make_scheduler(self.optimizer, config.schedule, config.max_iterations,
                                         **config.schedule_kwargs)
-
-    def item_prior(self) -> torch.Tensor:
-        """EASE^R scores of every (user, song) from the training matrix, divided by their standard
-        deviation so that `prior_weight` means the same on every data set. A linear item-item
-        model is what the GAT's dot product finds hardest to learn from a few thousand edges;
-        given as a fixed term, the network learns what it misses (taste that propagates through
-        artists and neighbours) instead of relearning it."""
-        if self.data.n_songs > MAX_PRIOR_SONGS:
-            raise ValueError(f"item_prior = 'ease' inverts an n_songs x n_songs matrix; {self.data.n_songs} songs "
-                             f"exceed {MAX_PRIOR_SONGS}: use item_prior = 'none'")
-        x = interaction_matrix(self.data)
-        scores = x @ ease_weights(x, self.config.prior_lambda)
-        return self.config.prior_weight * scores / scores.std().clamp(min=1e-12)
 
     # ----- hooks with the recommender's own names -----------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
@@ -202,6 +224,7 @@ class GatAdvancedTrainer(GatTrainer):
     algorithm = "gat-advanced"
     config_class = GatAdvancedConfig
     split = "temporal"
+    shared_data_keys = GatTrainer.shared_data_keys + ("val_frac", "test_frac", "refit")
 
     def evaluate(self) -> dict[str, float]:
         if self.config.refit:  # no validation songs left: the count of iterations is the schedule
