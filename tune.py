@@ -5,7 +5,8 @@
         [--grid KEY=[V1,V2,...] ...] [--mlflow] [--verbose]
 
 Prints the best configuration and its metrics; writes the table of all trials (CSV and
-Parquet) and a plot of the metric over iterations per trial next to the experiment.
+Parquet), the best value so far over the trials, the metric against each hyperparameter and
+(for up to 20 trials) the metric over iterations per trial next to the experiment.
 Exit codes: 0 done, 1 every trial failed, 2 bad input, 130 interrupted (finish it with --resume).
 """
 from __future__ import annotations
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # a resumed search keeps the trial count it started with, whatever --num-samples says now
     counts = trial_counts(grid, expected=0 if args.resume else total)
-    outputs = write_outputs(grid, experiment_dir, config.metric)
+    outputs = write_outputs(grid, experiment_dir, config.metric, config.mode)
     if mlflow:
         finish_mlflow_runs(mlflow, grid)
     best = best_result(grid, config.metric, config.mode)
