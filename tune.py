@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; {shared_note}" if shared_note else ""),
           flush=True)
     started = time.perf_counter()
+    restoring = args.resume and experiment_dir.is_dir()
     tuner = restore_or_build(experiment_dir, args.resume, trainable, space, lambda: build_tuner(
         trainable, space, metric=config.metric, mode=config.mode,
         scheduler=make_scheduler(args.scheduler, config.max_iterations, space),
@@ -227,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         # with W&B, a fresh process per trial: a trial that re-initialised W&B in a reused
         # process lost its W&B service connection once in 4 CI runs
         reuse_actors=plan.mode == "inline" and not args.wandb))
+    if restoring:
+        print(f"search {name} restored from {experiment_dir} in {time.perf_counter() - started:.1f} s; its finished "
+              f"trials are kept, the others run again from their checkpoints", flush=True)
     grid = tuner.fit()
     seconds = time.perf_counter() - started
     from distributed.results import best_result, copy_best_reconstruction, write_outputs
