@@ -5,7 +5,8 @@
         [--grid KEY=[V1,V2,...] ...] [--mlflow] [--verbose]
 
 Prints the best configuration and its metrics; writes the table of all trials (CSV and
-Parquet) and a plot of the metric over iterations per trial next to the experiment.
+Parquet), the best value so far over the trials, the metric against each hyperparameter and
+(for up to 20 trials) the metric over iterations per trial next to the experiment.
 Exit codes: 0 done, 1 every trial failed, 2 bad input, 130 interrupted (finish it with --resume).
 """
 from __future__ import annotations
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     start_ray(args.address, args.verbose)
     from distributed.progress import SearchProgress
     from distributed.tune import (PBT_INTERVAL, build_trainable, build_tuner, make_scheduler, make_search,
-                                  plan_trials, restore_or_build)
+                                  plan_trials, put_shared_data, restore_or_build)
 
     try:
         cpus, gpus = cluster_totals()
@@ -202,17 +203,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.scheduler == "pbt" and "checkpoint_every" not in config.model_fields_set:
             # an exploiting trial starts from the better trial's latest checkpoint: a fresh one
             config = config.model_copy(update={"checkpoint_every": PBT_INTERVAL})
+        # a data set that cannot be built (too large for its prior, say) is bad input, said once
+        shared_data, shared_note = put_shared_data(spec, config, space)
     except (ResourceError, ValueError) as error:
         return fail(str(error))
 
     experiment_dir = storage / name
-    trainable = build_trainable(plan, spec, config.model_dump(), experiment_dir, args.wandb, mlflow)
+    trainable = build_trainable(plan, spec, config.model_dump(), experiment_dir, args.wandb, mlflow, shared_data)
     total = args.num_samples * grid_combinations(space)
     print(f"search {name}: {total} trial(s) of {spec.name}, {plan.mode} trials, "
           f"{plan.concurrency} at a time, {plan.trial_resources} per trial"
-          + (f" + {plan.workers.workers} worker(s) x {plan.workers.cpus_per_worker:g} CPU" if plan.workers else ""),
+          + (f" + {plan.workers.workers} worker(s) x {plan.workers.cpus_per_worker:g} CPU" if plan.workers else "")
+          + (f"; {shared_note}" if shared_note else ""),
           flush=True)
     started = time.perf_counter()
+    restoring = args.resume and experiment_dir.is_dir()
     tuner = restore_or_build(experiment_dir, args.resume, trainable, space, lambda: build_tuner(
         trainable, space, metric=config.metric, mode=config.mode,
         scheduler=make_scheduler(args.scheduler, config.max_iterations, space),
@@ -223,13 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         # with W&B, a fresh process per trial: a trial that re-initialised W&B in a reused
         # process lost its W&B service connection once in 4 CI runs
         reuse_actors=plan.mode == "inline" and not args.wandb))
+    if restoring:
+        print(f"search {name} restored from {experiment_dir} in {time.perf_counter() - started:.1f} s; its finished "
+              f"trials are kept, the others run again from their checkpoints", flush=True)
     grid = tuner.fit()
     seconds = time.perf_counter() - started
     from distributed.results import best_result, copy_best_reconstruction, write_outputs
 
     # a resumed search keeps the trial count it started with, whatever --num-samples says now
     counts = trial_counts(grid, expected=0 if args.resume else total)
-    outputs = write_outputs(grid, experiment_dir, config.metric)
+    outputs = write_outputs(grid, experiment_dir, config.metric, config.mode)
     if mlflow:
         finish_mlflow_runs(mlflow, grid)
     best = best_result(grid, config.metric, config.mode)

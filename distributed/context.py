@@ -82,9 +82,10 @@ def quiet_report_log() -> None:
 class RayTrainContext(LoggingMixin):
     def __init__(self, algorithm: str, config: dict[str, Any], run_dir: str | None, run_name: str,
                  use_wandb: bool = False, max_iterations: int | None = None, mlflow: dict[str, str] | None = None,
-                 progress: Any = None, remote_storage: dict[str, str] | None = None):
+                 progress: Any = None, remote_storage: dict[str, str] | None = None, shared_data: Any = None):
         train_context = ray.train.get_context()
         self.algorithm = algorithm
+        self.shared_data = shared_data  # a SharedData from the search's driver, or None
         self.rank = train_context.get_world_rank()
         self.world_size = train_context.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -150,8 +151,9 @@ class RayTuneContext(LoggingMixin):
     world_size = 1
 
     def __init__(self, algorithm: str, config: dict[str, Any], use_wandb: bool = False,
-                 mlflow: dict[str, str] | None = None):
+                 mlflow: dict[str, str] | None = None, shared_data: Any = None):
         self.algorithm = algorithm
+        self.shared_data = shared_data  # a SharedData from the search's driver, or None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         trial_dir = ray.tune.get_context().get_trial_dir()
         self.output_dir = Path(trial_dir) if trial_dir else None

@@ -37,7 +37,7 @@ def build_torch_trainer(spec, config: TrainerConfig, plan: WorkerPlan, storage: 
                         run_name: str, *, use_wandb: bool = False, keep_checkpoints: int = 2,
                         max_failures: int = 2, callbacks: list[Any] | None = None,
                         resume_from: Any = None, mlflow: dict[str, str] | None = None,
-                        progress: Any = None) -> TorchTrainer:
+                        progress: Any = None, shared_data: Any = None) -> TorchTrainer:
     """`spec`: the AlgorithmSpec, or a registered name."""
     if isinstance(spec, str):
         spec = get_algorithm(spec)
@@ -56,6 +56,7 @@ def build_torch_trainer(spec, config: TrainerConfig, plan: WorkerPlan, storage: 
         "use_wandb": use_wandb,
         "mlflow": mlflow,  # the MLflow run rank 0 logs into (--mlflow), else None
         "progress": progress,      # the driver's ProgressBoard actor (quiet console), else None
+        "shared_data": shared_data,  # a search's SharedDataRef (data built once), else None
     }
     run_config = RunConfig(
         name=run_name,

@@ -6,19 +6,23 @@ Two kinds of trial:
 - train: the V2 way for multi-worker trials: a function trainable (holding 0.01 CPU) launches a
   TorchTrainer with TuneReportCallback and a stable per-trial run name, so that a restarted
   trial resumes its Train run.
+Data every trial reads and none changes (the trainer's `build_shared_data`) is built once by the
+driver and put into Ray's object store; each trial fetches it instead of building it.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.tune as tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
 from distributed.resources import ResourceError, WorkerPlan, plan_workers
-from distributed.worker import tune_trial
+from distributed.worker import SharedDataRef, tune_trial
 from trainers.registry import AlgorithmSpec, get_algorithm
 
 DRIVER_CPU = 0.01  # a Tune-over-Train trial's own process does no heavy work
@@ -99,8 +103,30 @@ def make_search(name: str, metric: str, mode: str):
     raise ValueError(f"unknown search {name!r}; choose random or optuna")
 
 
+def put_shared_data(spec: AlgorithmSpec, config, space: dict[str, Any]) -> tuple[SharedDataRef | None, str]:
+    """The trainer's shared data (measurements, splits, graphs), built once here and put into
+    Ray's object store for every trial; with what it did, in words. None when the algorithm
+    shares nothing, or when the space varies a key the data is built from: each trial then
+    builds its own (a trial checks the fingerprint itself, so a mismatch can only cost time)."""
+    trainer_class = spec.trainer_class()
+    keys = set(trainer_class.shared_data_keys)
+    if not keys:
+        return None, ""
+    varied = sorted(keys & set(space))
+    if varied:
+        return None, f"each trial builds its own data (the space varies {', '.join(varied)})"
+    started = time.perf_counter()
+    data = trainer_class.build_shared_data(config)
+    if data is None:
+        return None, ""
+    ref = ray.put(data)
+    return (SharedDataRef(trainer_class.shared_data_fingerprint(config), ref),
+            f"data built once for every trial ({time.perf_counter() - started:.1f} s, in Ray's object store)")
+
+
 def train_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
-                workers: WorkerPlan, storage: str, use_wandb: bool, mlflow: dict[str, str] | None) -> None:
+                workers: WorkerPlan, storage: str, use_wandb: bool, mlflow: dict[str, str] | None,
+                shared_data: SharedDataRef | None = None) -> None:
     """A Tune trial that launches a TorchTrainer (Tune over Train, the Ray 2.60 way)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -111,14 +137,15 @@ def train_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: di
     trial_id = tune.get_context().get_trial_id()
     trainer = build_torch_trainer(spec, config, workers, Path(storage), f"train-trial_id={trial_id}",
                                   use_wandb=use_wandb, callbacks=[TuneReportCallback()],
-                                  mlflow=trial_mlflow_run(mlflow, config.model_dump()))
+                                  mlflow=trial_mlflow_run(mlflow, config.model_dump()), shared_data=shared_data)
     trainer.fit()
 
 
 def inline_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
-                 use_wandb: bool, mlflow: dict[str, str] | None) -> None:
+                 use_wandb: bool, mlflow: dict[str, str] | None, shared_data: SharedDataRef | None = None) -> None:
     tune_trial({"algorithm": algorithm, "base_config": base_config, "params": trial_config,
-                "use_wandb": use_wandb, "mlflow": trial_mlflow_run(mlflow, {**base_config, **trial_config})})
+                "use_wandb": use_wandb, "mlflow": trial_mlflow_run(mlflow, {**base_config, **trial_config}),
+                "shared_data": shared_data})
 
 
 def trial_mlflow_run(settings: dict[str, str] | None, config: dict[str, Any]) -> dict[str, str] | None:
@@ -133,16 +160,16 @@ def trial_mlflow_run(settings: dict[str, str] | None, config: dict[str, Any]) ->
 
 
 def build_trainable(plan: TrialPlan, spec: AlgorithmSpec, base_config: dict[str, Any], storage: Path,
-                    use_wandb: bool, mlflow: dict[str, str] | None = None):
+                    use_wandb: bool, mlflow: dict[str, str] | None = None, shared_data: SharedDataRef | None = None):
     """The trial function with its fixed arguments; `spec.reference` is what the trial resolves
     the algorithm from again (a registered name, or package.module:Class)."""
     if plan.mode == "inline":
         function = tune.with_parameters(inline_trial, algorithm=spec.reference, base_config=base_config,
-                                        use_wandb=use_wandb, mlflow=mlflow)
+                                        use_wandb=use_wandb, mlflow=mlflow, shared_data=shared_data)
     else:
         function = tune.with_parameters(train_trial, algorithm=spec.reference, base_config=base_config,
                                         workers=plan.workers, storage=str(storage / "train_runs"),
-                                        use_wandb=use_wandb, mlflow=mlflow)
+                                        use_wandb=use_wandb, mlflow=mlflow, shared_data=shared_data)
     return tune.with_resources(function, plan.trial_resources)
 
 

@@ -7,11 +7,13 @@ persistence and restarts.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distributed.context import RayTrainContext, RayTuneContext
 from distributed.resources import prepare_ray_worker
+from trainers.base import SharedData
 from trainers.config import ConfigError
 from trainers.registry import get_algorithm
 
@@ -31,16 +33,37 @@ def check_files_on_this_node(config) -> None:
         raise ConfigError(f"on node {socket.gethostname()} ({ray.util.get_node_ip_address()}): {error}") from None
 
 
+@dataclass(frozen=True)
+class SharedDataRef:
+    """A search's shared data in Ray's object store: the trainer's fingerprint of the config it
+    was built from, and the object (put once by the driver, read by every trial)."""
+
+    fingerprint: tuple
+    ref: Any  # ray.ObjectRef
+
+    def offer(self, trainer_class, config) -> SharedData | None:
+        """The offer a trial's context makes to its trainer; None when the trial's config was
+        not what the data was built from (a key of the data in the search space)."""
+        if trainer_class.shared_data_fingerprint(config) != self.fingerprint:
+            return None
+        import ray
+
+        return SharedData(self.fingerprint, lambda: ray.get(self.ref), f"object {self.ref.hex()}")
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     spec = get_algorithm(loop_config["algorithm"])
     config = spec.config_class(**loop_config["config"])
-    check_files_on_this_node(config)
+    shared = loop_config.get("shared_data")
+    offer = shared.offer(spec.trainer_class(), config) if shared is not None else None
+    if offer is None:  # a trial reading the shared data does not read the files here
+        check_files_on_this_node(config)
     prepare_ray_worker(spec, config)
     context = RayTrainContext(spec.name, config.model_dump(), loop_config["run_dir"], loop_config["run_name"],
                               use_wandb=loop_config.get("use_wandb", False),
                               max_iterations=config.max_iterations, mlflow=loop_config.get("mlflow"),
                               progress=loop_config.get("progress"),
-                              remote_storage=loop_config.get("remote_storage"))
+                              remote_storage=loop_config.get("remote_storage"), shared_data=offer)
     arm_failure_injection(context)
     try:
         spec.trainer_class()(config, context).fit()
@@ -54,10 +77,13 @@ def tune_trial(trial_config: dict[str, Any]) -> None:
     base.update(trial_config["params"])
     spec = get_algorithm(trial_config["algorithm"])
     config = spec.config_class(**base)
-    check_files_on_this_node(config)
+    shared = trial_config.get("shared_data")
+    offer = shared.offer(spec.trainer_class(), config) if shared is not None else None
+    if offer is None:  # a trial reading the shared data does not read the files here
+        check_files_on_this_node(config)
     prepare_ray_worker(spec, config)
     context = RayTuneContext(spec.name, config.model_dump(), use_wandb=trial_config.get("use_wandb", False),
-                             mlflow=trial_config.get("mlflow"))
+                             mlflow=trial_config.get("mlflow"), shared_data=offer)
     try:
         spec.trainer_class()(config, context).fit()
     finally:

@@ -1,7 +1,8 @@
 """The one iteration loop every algorithm shares, and its small parts.
 
 An algorithm subclasses `Trainer` and fills in `setup`, `step` and `evaluate` (and, where it has
-held-out data, `final_metrics`; where it holds something to close, `teardown`). During `setup`,
+held-out data, `final_metrics`; where it holds something to close, `teardown`; where every run of
+a search reads the same data, `shared_data_keys` and `build_shared_data`). During `setup`,
 `self.resuming` says whether the run continues from a checkpoint (loaded after `setup`). An
 algorithm whose step size is not a torch optimiser's calls `schedule_step_size()` in `setup`. `Trainer.fit` owns the loop: hooks, step, evaluate, report,
 learning-rate schedule, early stopping, best-state tracking and restore. No Ray here: the trainer
@@ -16,7 +17,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +38,18 @@ class Context(Protocol):
     def prepare_model(self, model: torch.nn.Module, **ddp_kwargs: Any) -> torch.nn.Module: ...
     def average(self, values: dict[str, float]) -> dict[str, float]: ...
     def log_figure(self, tag: str, figure: Any, iteration: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class SharedData:
+    """Data a run is offered instead of building it: what `build_shared_data` returned for a
+    config whose `shared_data_keys` had the values in `fingerprint`. `load()` returns it (the
+    Ray layer fetches it from Ray's object store then, so that the fetch counts in the run's
+    setup time); `source` says where it came from, for the run's metrics."""
+
+    fingerprint: tuple
+    load: Callable[[], Any]
+    source: str
 
 
 class DivergedError(RuntimeError):
@@ -154,6 +167,9 @@ class Trainer(abc.ABC):
 
     algorithm: ClassVar[str] = ""
     config_class: ClassVar[type[TrainerConfig]] = TrainerConfig
+    # the config keys that `build_shared_data`'s result depends on (and no other); empty: the
+    # algorithm shares nothing between the runs of a search
+    shared_data_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: TrainerConfig, context: Context):
         self.config = config
@@ -165,6 +181,8 @@ class Trainer(abc.ABC):
         self.best_state: dict[str, Any] | None = None
         self.best_metrics: dict[str, float] = {}
         self.finished = False
+        self.shared_data_source: str | None = None  # set by shared_data(): "built" or where it was read
+        self.shared_data_seconds = 0.0
         self._fit_started = time.perf_counter()
         # every rank starts from the same weights; data order differs by rank where it should
         seed_everything(config.seed)
@@ -178,6 +196,33 @@ class Trainer(abc.ABC):
         started = time.perf_counter()
         self.setup()
         self.setup_seconds = time.perf_counter() - started
+
+    # ----- data shared by the runs of a search -----------------------------------------------
+    @classmethod
+    def build_shared_data(cls, config: TrainerConfig) -> Any:
+        """What every run with the same values of `shared_data_keys` reads and never changes
+        (measurements, splits, graphs, fixed priors), built on the CPU from those keys alone; it
+        must pickle. A search builds it once and offers it to every trial (a run without such an
+        offer builds its own through `shared_data()`)."""
+        return None
+
+    @classmethod
+    def shared_data_fingerprint(cls, config: TrainerConfig) -> tuple:
+        """The values `build_shared_data(config)` depends on: equal fingerprints, equal data."""
+        return (cls.algorithm or cls.__name__, *((key, repr(getattr(config, key))) for key in cls.shared_data_keys))
+
+    def shared_data(self) -> Any:
+        """This run's shared data, from `setup`: the context's offer (`context.shared_data`, a
+        SharedData) when it was built from this config's values of `shared_data_keys`, else
+        built here. Treat it as read-only: in a search the same object serves every trial."""
+        offer = getattr(self.context, "shared_data", None)
+        started = time.perf_counter()
+        if offer is not None and offer.fingerprint == self.shared_data_fingerprint(self.config):
+            data, self.shared_data_source = offer.load(), offer.source
+        else:
+            data, self.shared_data_source = self.build_shared_data(self.config), "built"
+        self.shared_data_seconds = time.perf_counter() - started
+        return data
 
     # ----- what an algorithm fills in -------------------------------------------------------
     def setup(self) -> None:
@@ -385,6 +430,8 @@ class Trainer(abc.ABC):
             "best_iteration": self.early_stopping.best_iteration + 1,
             "stopped_early": float(stopped_early),
             "setup_seconds": self.setup_seconds,
+            **({"shared_data": self.shared_data_source, "shared_data_seconds": self.shared_data_seconds}
+               if self.shared_data_source else {}),
             "done": 1.0,
         }
         if self.context.rank == 0:

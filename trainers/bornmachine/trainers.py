@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from trainers.base import Trainer, make_scheduler
 from trainers.bornmachine import metrics as born_metrics
-from trainers.bornmachine.config import BornClassifyConfig, BornConfig, BornGenerativeConfig
+from trainers.bornmachine.config import DATA_KEYS, BornClassifyConfig, BornConfig, BornGenerativeConfig
 from trainers.bornmachine.data import BornData, load_born_data
 from trainers.bornmachine.mps import BornMachine, bond_scaled_lr
 
@@ -48,9 +48,16 @@ class BornTrainer(Trainer):
 
     config: BornConfig
 
+    # the data set and its splits: the same for every trial of a search that does not vary them
+    shared_data_keys = DATA_KEYS
+
+    @classmethod
+    def build_shared_data(cls, config: BornConfig) -> BornData:
+        return load_born_data(**config.data_kwargs())
+
     def setup(self) -> None:
         config = self.config
-        self.data: BornData = load_born_data(**config.data_kwargs())
+        self.data: BornData = self.shared_data()
         self.split_tensors = {name: self.to_tensors(getattr(self.data, name)) for name in ("train", "val", "test")}
         self.machine = BornMachine(self.data.n_features, self.data.n_classes, config.feature_dim, config.bond_dim,
                                    config.feature_map, config.init_noise, config.grid_size).to(self.device)
@@ -67,7 +74,8 @@ class BornTrainer(Trainer):
         super()._restart_lr(self.mps_lr(lr))
 
     def to_tensors(self, split) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(split.x).to(self.device), torch.from_numpy(split.y).to(self.device)
+        # copies: shared arrays come read-only from Ray's object store, and torch would write through
+        return torch.tensor(split.x, device=self.device), torch.tensor(split.y, device=self.device)
 
     # ----- batches
     def epoch_generator(self, salt: int = 0) -> torch.Generator:

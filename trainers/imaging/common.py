@@ -15,7 +15,7 @@ import torch
 
 from trainers.base import Trainer
 from trainers.imaging import forward as fw
-from trainers.imaging.experiment import Experiment, load_experiment
+from trainers.imaging.experiment import Experiment, experiment_keys, load_experiment
 from trainers.imaging.metrics import image_metrics
 
 RECONSTRUCTION_DIR = "reconstruction"
@@ -28,9 +28,17 @@ class ImagingTrainer(Trainer):
     """A Trainer over an `Experiment`; subclasses define `reconstruction()` (N x N, centred)."""
 
     experiment: Experiment
+    # the measurements (simulated or read) are the same for every trial of a search that does
+    # not vary how they are made: built once, on the CPU, whatever device trains
+    shared_data_keys = experiment_keys()
 
-    def load_experiment(self) -> Experiment:
-        self.experiment = load_experiment(self.config, self.device)
+    @classmethod
+    def build_shared_data(cls, config) -> Experiment:
+        return load_experiment(config, torch.device("cpu"))
+
+    def load_experiment(self, experiment: Experiment | None = None) -> Experiment:
+        """This run's copy of the experiment on its device (`experiment`, or the shared data)."""
+        self.experiment = (experiment if experiment is not None else self.shared_data()).on(self.device)
         self.obj_size = self.experiment.obj_size
         self.positions = self.experiment.positions
         self.coverage = self.experiment.coverage

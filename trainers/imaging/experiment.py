@@ -3,7 +3,7 @@ at and, for a simulation, the ground truth (used for `test_*` metrics only, neve
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -45,6 +45,20 @@ class Experiment:
     truth_small: torch.Tensor | None = None
     truth: torch.Tensor | None = None
     ceiling: float | None = None
+
+    def on(self, device: torch.device) -> "Experiment":
+        """A new Experiment whose measured images and truth are on `device` (where the engines
+        read them); the positions, coverage and small truth stay on the CPU, as built. Never
+        changes this one, which may be a search's shared copy."""
+        return replace(self, images=None if self.images is None else self.images.to(device),
+                       truth=None if self.truth is None else self.truth.to(device))
+
+
+# the config keys an Experiment is built from: every ImagingConfig key that TrainerConfig lacks
+def experiment_keys() -> tuple[str, ...]:
+    from trainers.config import TrainerConfig
+
+    return tuple(key for key in ImagingConfig.model_fields if key not in TrainerConfig.model_fields)
 
 
 def simulate_experiment(config: ImagingConfig, device: torch.device) -> Experiment:

@@ -6,6 +6,7 @@ shared `schedule`.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -13,8 +14,19 @@ import torch
 from trainers.imaging import forward as fw
 from trainers.imaging.engine import MopieEngine
 from trainers.imaging.common import ImagingTrainer
+from trainers.imaging.experiment import Experiment
 from trainers.imaging.frames import auto_frame_size, to_frames
 from trainers.imaging.mopie_config import MopieConfig
+
+
+@dataclass
+class MopieData:
+    """What a mopie run starts from: the experiment without its full-grid images (the engine
+    reads only the frames cut from them), the frames, and the starting amplitude."""
+
+    experiment: Experiment
+    frames: torch.Tensor      # (n, M, M) measured intensities around each pupil
+    start: torch.Tensor       # N x N amplitude of the sample nearest DC (a low-passed object)
 
 
 class MopieTrainer(ImagingTrainer):
@@ -27,24 +39,33 @@ class MopieTrainer(ImagingTrainer):
     algorithm = "mopie"
     config_class = MopieConfig
     config: MopieConfig
+    # the frames depend on the frame size, which learn_probe changes when frame_size is auto
+    shared_data_keys = ImagingTrainer.shared_data_keys + ("frame_size", "learn_probe")
+
+    @classmethod
+    def build_shared_data(cls, config: MopieConfig) -> MopieData:
+        experiment = super().build_shared_data(config)
+        grid, diameter = config.image_size, config.sample_diameter
+        frame = config.frame_size or auto_frame_size(grid, diameter, full_band=config.learn_probe)
+        # start from the sample nearest DC: its amplitude is a low-passed object
+        nearest = int(experiment.positions.mean(dim=1).norm(dim=1).argmin())
+        # the full-grid images are not needed once the frames are cut: not kept, not shared
+        return MopieData(replace(experiment, images=None), to_frames(experiment.images, frame, diameter),
+                         experiment.images[nearest].clamp_min(0).sqrt())
 
     def setup(self) -> None:
         config = self.config
         grid, diameter = config.image_size, config.sample_diameter
-        experiment = self.load_experiment()
-        images = experiment.images
-        frame = config.frame_size or auto_frame_size(grid, diameter, full_band=config.learn_probe)
-        self.engine = MopieEngine(to_frames(images, frame, diameter), self.positions, diameter, grid, self.obj_size,
+        data = self.shared_data()
+        self.load_experiment(data.experiment)
+        self.engine = MopieEngine(data.frames.to(self.device), self.positions, diameter, grid, self.obj_size,
                                   learn_probe=config.learn_probe, support=config.support,
                                   value_range=config.value_range, seed=config.seed,
                                   rank=self.context.rank, world_size=self.context.world_size,
                                   graphs=config.cuda_graphs)
         self.engine.plan(config.batch_size)
-        # start from the sample nearest DC: its amplitude is a low-passed object
-        nearest = int(self.positions.mean(dim=1).norm(dim=1).argmin())
-        self.engine.initialise(images[nearest].clamp_min(0).sqrt())
+        self.engine.initialise(data.start.to(self.device))
         self.initial_guess = self.engine.reconstruction()  # what a comparison starts other engines from
-        experiment.images = None  # the engine holds the frames; the full-grid images are not needed again
         # no gradients here: alpha is a step size the shared schedules drive (no torch optimiser)
         self.schedule_step_size(config.lr)
 

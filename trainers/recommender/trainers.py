@@ -12,6 +12,7 @@ bf16 autocast on CUDA, their outputs cast to float32 before the BPR loss and the
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,8 +22,8 @@ from trainers.base import Trainer, make_scheduler
 from trainers.context import LocalContext
 from trainers.precision import autocast, uses_amp
 from trainers.recommender.config import GatAdvancedConfig, GatSimpleConfig
-from trainers.recommender.data import (LISTENED_BY, LISTENS, build_graph, build_interactions, sample_negatives,
-                                       training_keys)
+from trainers.recommender.data import (LISTENED_BY, LISTENS, Interactions, build_graph, build_interactions,
+                                       sample_negatives, training_keys)
 from trainers.recommender.events import load_events
 from trainers.recommender.synthetic import ensure_synthetic_dataset
 from trainers.recommender.baselines import (ease_user_scores, interaction_matrix, itemknn_weights, rp3beta_weights,
@@ -45,20 +46,61 @@ def load_config_events(config: GatSimpleConfig):
     return load_events(path)
 
 
+def item_prior_scores(x: torch.Tensor, config: GatSimpleConfig) -> torch.Tensor:
+    """Item-item scores of every (user, song) from the training matrix ``x``, divided by their
+    standard deviation so that `prior_weight` means the same on every data set. A linear
+    item-item model is what the GAT's dot product finds hardest to learn from a few thousand
+    edges; given as a fixed term, the network learns what it misses (taste that propagates
+    through artists and neighbours) instead of relearning it. 'ease' is EASE^R alone; 'blend'
+    adds the standardised RP3beta and ItemKNN scores to it: the three make different errors
+    (regression, random walk, cosine neighbourhood), and their sum ranks better than any one on
+    both of the benchmark's data sets' validation splits."""
+    if x.shape[1] > MAX_PRIOR_SONGS:
+        raise ValueError(f"item_prior = {config.item_prior!r} holds n_songs x n_songs matrices; "
+                         f"{x.shape[1]} songs exceed {MAX_PRIOR_SONGS}: use item_prior = 'none'")
+    standardised = lambda scores: scores / scores.std().clamp(min=1e-12)
+    scores = standardised(ease_user_scores(x, config.prior_lambda))
+    if config.item_prior == "blend":
+        scores = (scores + standardised(sparse_product(x, rp3beta_weights(x, config.prior_alpha, config.prior_beta)))
+                  + standardised(sparse_product(x, itemknn_weights(x, config.prior_neighbours, config.prior_shrink))))
+    return standardised(scores)
+
+
+@dataclass
+class RecommenderData:
+    """What every recommender run of a search reads: the split interactions and, with
+    an item prior, its standardised scores from every training edge (users x songs, on the CPU)."""
+
+    interactions: Interactions
+    prior: torch.Tensor | None
+
+
 class GatTrainer(Trainer):
     """What both recommender trainers share: data, graph, model, the BPR epoch."""
 
     split = "none"
     config: GatSimpleConfig
 
+    # the events, their split and the item prior (a dense inverse: most of a default run's
+    # setup) are the same for every trial of a search that does not vary them
+    shared_data_keys = ("events", "data_dir", "n_users", "n_songs", "n_artists", "n_days", "data_seed",
+                        "item_prior", "prior_lambda", "prior_alpha", "prior_beta", "prior_neighbours",
+                        "prior_shrink")
+
+    @classmethod
+    def build_shared_data(cls, config: GatSimpleConfig) -> RecommenderData:
+        events = load_config_events(config)
+        data = build_interactions(events, getattr(config, "val_frac", 0.0), getattr(config, "test_frac", 0.0),
+                                  split=cls.split, refit=getattr(config, "refit", False))
+        prior = item_prior_scores(interaction_matrix(data), config) if config.item_prior != "none" else None
+        return RecommenderData(data, prior)
+
     def setup(self) -> None:
         config = self.config
-        events = load_config_events(config)
-        val_frac = getattr(config, "val_frac", 0.0)
-        test_frac = getattr(config, "test_frac", 0.0)
-        self.data = build_interactions(events, val_frac, test_frac, split=self.split,
-                                       refit=getattr(config, "refit", False))
-        self.prior = self.item_prior().to(self.device) if config.item_prior != "none" else None
+        shared = self.shared_data()
+        self.data = shared.interactions
+        # prior_weight scales the shared prior: a space may vary it without rebuilding the prior
+        self.prior = None if shared.prior is None else (config.prior_weight * shared.prior).to(self.device)
         if self.prior is not None:
             self.train_prior, self.edge_fold = self.fold_out_prior()
         graph = build_graph(self.data).to(self.device)
@@ -76,28 +118,6 @@ class GatTrainer(Trainer):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.scheduler = make_scheduler(self.optimizer, config.schedule, config.max_iterations,
                                         **config.schedule_kwargs)
-
-    def item_prior(self, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Item-item scores of every (user, song) from the training matrix ``x`` (default: all
-        training edges), divided by their standard deviation so that `prior_weight` means the
-        same on every data set. A linear item-item model is what the GAT's dot product finds
-        hardest to learn from a few thousand edges; given as a fixed term, the network learns
-        what it misses (taste that propagates through artists and neighbours) instead of
-        relearning it. 'ease' is EASE^R alone; 'blend' adds the standardised RP3beta and ItemKNN
-        scores to it: the three make different errors (regression, random walk, cosine
-        neighbourhood), and their sum ranks better than any one on both of the benchmark's data
-        sets' validation splits."""
-        if self.data.n_songs > MAX_PRIOR_SONGS:
-            raise ValueError(f"item_prior = {self.config.item_prior!r} holds n_songs x n_songs matrices; "
-                             f"{self.data.n_songs} songs exceed {MAX_PRIOR_SONGS}: use item_prior = 'none'")
-        config = self.config
-        x = interaction_matrix(self.data) if x is None else x
-        standardised = lambda scores: scores / scores.std().clamp(min=1e-12)
-        scores = standardised(ease_user_scores(x, config.prior_lambda))
-        if config.item_prior == "blend":
-            scores = (scores + standardised(sparse_product(x, rp3beta_weights(x, config.prior_alpha, config.prior_beta)))
-                      + standardised(sparse_product(x, itemknn_weights(x, config.prior_neighbours, config.prior_shrink))))
-        return config.prior_weight * standardised(scores)
 
     def fold_out_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The prior the BPR loss sees on training pairs: [folds, n_users, n_songs] scores and the
@@ -124,7 +144,7 @@ class GatTrainer(Trainer):
             held = fold == f
             x_f = x.clone()
             x_f[users[held], songs[held]] = 0.0
-            priors.append(self.item_prior(x_f))
+            priors.append(self.config.prior_weight * item_prior_scores(x_f, self.config))
         return torch.stack(priors).to(self.device), fold.to(self.device)
 
     # ----- hooks with the recommender's own names -----------------------------------------
@@ -245,6 +265,7 @@ class GatAdvancedTrainer(GatTrainer):
     algorithm = "gat-advanced"
     config_class = GatAdvancedConfig
     split = "temporal"
+    shared_data_keys = GatTrainer.shared_data_keys + ("val_frac", "test_frac", "refit")
 
     def evaluate(self) -> dict[str, float]:
         if self.config.refit:  # no validation songs left: the count of iterations is the schedule

@@ -1,0 +1,326 @@
+"""Tune overhead: a search of N tiny trials of one of our algorithms beside a bare Ray Tune
+function trainable that spins for the same trainer time per trial, then the same search
+interrupted half-way and resumed.
+
+    python benchmarks/tune_overhead.py [--trials 200] [--cpus N] [--algorithm mopie]
+        [--iterations 3] [--interrupt-at 0.5] [--own-data-trials 20] [--out PATH]
+
+One local Ray in this process (`--cpus` of them; default: all) runs, one after the other:
+1. trainyard: `tune.py --algorithm ALGORITHM --num-samples N --scheduler fifo` in-process, its
+   data built once by the driver (the default);
+2. bare: a Ray Tune function trainable, 1 CPU per trial, as many at once, that spins for each
+   trainyard trial's own measured work (its setup_seconds, then each iteration's
+   iteration_seconds, reporting after each) and does nothing else: no checkpoints, no files;
+3. own data (`--own-data-trials`, 0 skips it): a search whose space varies a data key (the
+   pattern seed, which the default pattern does not even read), so that every trial builds its
+   own data: its setup_seconds beside those of 1.
+Wall times exclude Ray's start (shared by both). The ratio is trainyard's wall time over bare's;
+overhead per trial is (wall - trainer work / CPUs) x CPUs / N, the figure Ray's own release test
+quotes (about 0.14 s per trial per CPU for 10,000 one-second trials on 16 CPUs).
+4. resume (`--interrupt-at F`, 0 skips it): after Ray is shut down, `tune.py` as a child process
+   with its own Ray, sent SIGINT once F x N trials have finished, then `tune.py --resume`; it
+   reports the time to restore (the resumed command's start to its first new result, beside the
+   first command's start to its first result: both include a Ray start) and checks that no trial
+   finished before the interrupt ran again (its result file unchanged, no new trial folder).
+Memory: the peak of the whole process tree (summed RSS, and PSS), sampled every second, per phase.
+
+Writes benchmarks/results/tune_overhead.json (or --out) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from load_tune import MemorySampler  # noqa: E402  (one sampler for both benchmarks)
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def spin(seconds: float) -> None:
+    """Busy for `seconds` of wall time, as a trainer is (a sleep would leave the CPU to Ray)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def bare_trial(config: dict, work: list) -> None:
+    import ray.tune
+
+    setup, iterations = work[config["index"]]
+    spin(setup)
+    for iteration, seconds in enumerate(iterations, 1):
+        spin(seconds)
+        ray.tune.report({"iteration": iteration, "metric": float(iteration)})
+
+
+def trial_work(table) -> list[tuple[float, list[float]]]:
+    """Each trial's own work: its setup, then each iteration (from the trial's progress.csv:
+    every report carries its iteration's `iteration_seconds`; the final one repeats the last
+    iteration's with the summary, and is that iteration)."""
+    import pandas as pd
+
+    work = []
+    for path, setup in zip(table["path"], table["setup_seconds"]):
+        history = pd.read_csv(Path(path) / "progress.csv")
+        work.append((float(setup), [float(s) for s in history["iteration_seconds"]]))
+    return work
+
+
+def summary(values: list[float]) -> dict:
+    values = sorted(values)
+    return {"median": round(statistics.median(values), 4), "p10": round(values[len(values) // 10], 4),
+            "p90": round(values[(9 * len(values)) // 10], 4), "n": len(values)}
+
+
+def run_trainyard(args, storage: Path, name: str, extra: list[str]) -> tuple[dict, object]:
+    import pandas as pd
+
+    import tune
+
+    sampler = MemorySampler()
+    sampler.start()
+    started = time.perf_counter()
+    code = tune.main(["--algorithm", args.algorithm, "--num-samples", str(args.trials if not extra else 1),
+                      "--scheduler", "fifo", "--storage", str(storage), "--name", name,
+                      "--set", f"max_iterations={args.iterations}", "--set", "patience=0", *extra])
+    wall = time.perf_counter() - started
+    memory = sampler.stop()
+    table = pd.read_csv(storage / name / "trials.csv")
+    if code != 0 or not (table["status"] == "TERMINATED").all():
+        raise SystemExit(f"the trainyard search {name} exited {code}: {table['status'].value_counts().to_dict()}")
+    return {"wall_seconds": wall, "memory": memory, "trials": len(table),
+            "setup_seconds": summary(list(table["setup_seconds"])),
+            "shared_data": table["shared_data"].value_counts().to_dict() if "shared_data" in table else {}}, table
+
+
+def run_bare(args, storage: Path, work: list, concurrency: int) -> dict:
+    from ray import tune
+
+    sampler = MemorySampler()
+    sampler.start()
+    started = time.perf_counter()
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(bare_trial, work=work), {"CPU": 1}),
+        param_space={"index": tune.grid_search(list(range(len(work))))},
+        tune_config=tune.TuneConfig(metric="metric", mode="max", max_concurrent_trials=concurrency,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name="bare", storage_path=str(storage), verbose=0))
+    grid = tuner.fit()
+    wall = time.perf_counter() - started
+    memory = sampler.stop()
+    errors = sum(1 for result in grid if result.error)
+    if errors:
+        raise SystemExit(f"{errors} bare trials failed")
+    return {"wall_seconds": wall, "memory": memory, "trials": len(grid)}
+
+
+# ----- resume ----------------------------------------------------------------------------------
+def finished_trials(experiment: Path) -> dict[str, str]:
+    """Trial folder -> hash of its result file, for the trials whose last result is final."""
+    finished = {}
+    for result_file in experiment.glob("*/result.json"):
+        try:
+            lines = result_file.read_text().splitlines()
+            last = json.loads(lines[-1]) if lines else {}
+        except (OSError, ValueError):
+            continue  # being written
+        if last.get("done"):
+            finished[result_file.parent.name] = hashlib.sha1("\n".join(lines).encode()).hexdigest()
+    return finished
+
+
+def result_files(experiment: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime for p in experiment.glob("*/result.json")}
+
+
+def command(args, storage: Path, name: str, *extra: str) -> list[str]:
+    # tune.py starts its own Ray on every core: --cpus caps the trials at once instead
+    return [sys.executable, str(ROOT / "tune.py"), "--algorithm", args.algorithm, "--num-samples", str(args.trials),
+            "--scheduler", "fifo", "--storage", str(storage), "--name", name, "--set",
+            f"max_iterations={args.iterations}", "--set", "patience=0",
+            *(["--max-concurrent", str(args.cpus)] if args.cpus else []), *extra]
+
+
+def first_new_result(process: subprocess.Popen, experiment: Path, before: dict[str, float], started: float) -> float:
+    """Seconds from `started` until a trial's result file appears or changes (None if the
+    process ended first)."""
+    while process.poll() is None:
+        now = result_files(experiment) if experiment.is_dir() else {}
+        if any(name not in before or mtime != before[name] for name, mtime in now.items()):
+            return time.perf_counter() - started
+        time.sleep(0.05)
+    return None
+
+
+def run_resume(args, storage: Path) -> dict:
+    name = "resume"
+    experiment = storage / name
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    log = open(storage / "resume.log", "w")
+    started = time.perf_counter()
+    first = subprocess.Popen(command(args, storage, name), stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    first_result = first_new_result(first, experiment, {}, started)
+    target = max(1, int(args.interrupt_at * args.trials))
+    while first.poll() is None and len(finished_trials(experiment)) < target:
+        time.sleep(0.1)
+    interrupted_at = time.perf_counter() - started
+    first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the search and returns
+    first_code = first.wait(timeout=300)
+    first_wall = time.perf_counter() - started
+    before = finished_trials(experiment)
+    files_before = result_files(experiment)
+
+    started = time.perf_counter()
+    second = subprocess.Popen(command(args, storage, name, "--resume"), stdout=log, stderr=subprocess.STDOUT,
+                              env=env, cwd=ROOT)
+    resumed_result = first_new_result(second, experiment, files_before, started)
+    second_code = second.wait(timeout=3600)
+    resume_wall = time.perf_counter() - started
+    log.close()
+    after = finished_trials(experiment)
+    rerun = sorted(trial for trial, digest in before.items() if after.get(trial) != digest)
+    restored_line = [line for line in (storage / "resume.log").read_text().splitlines() if "restored" in line]
+    return {
+        "interrupt_after_finished_trials": target,
+        "first_exit_code": first_code,                  # 130: interrupted, state saved
+        "first_seconds_to_first_result": round(first_result or float("nan"), 2),
+        "first_seconds_to_interrupt": round(interrupted_at, 2),
+        "first_wall_seconds": round(first_wall, 2),
+        "finished_before_resume": len(before),
+        "resume_exit_code": second_code,
+        "resume_seconds_to_first_new_result": round(resumed_result or float("nan"), 2),
+        "resume_wall_seconds": round(resume_wall, 2),
+        "restore_report": restored_line[-1].strip() if restored_line else "",
+        "finished_after_resume": len(after),
+        "trial_folders_after_resume": len(result_files(experiment)),
+        "finished_trials_run_again": rerun,
+    }
+
+
+def machine(cpus: float) -> dict:
+    return {"cpu_cores": psutil.cpu_count(), "ray_cpus": cpus, "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def per_trial_overhead(wall: float, work_seconds: float, cpus: float, trials: int) -> float:
+    """(wall - the ideal, all CPUs busy with trainer work) x CPUs / trials."""
+    return (wall - work_seconds / cpus) * cpus / trials
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--cpus", type=int, default=None, help="Ray's CPUs (default: every core)")
+    parser.add_argument("--algorithm", default="mopie")
+    parser.add_argument("--iterations", type=int, default=3, help="iterations per trial")
+    parser.add_argument("--own-data-trials", type=int, default=20,
+                        help="trials of the search where each builds its own data (0: skip)")
+    parser.add_argument("--interrupt-at", type=float, default=0.5,
+                        help="fraction of the trials finished when the resume phase interrupts (0: skip)")
+    parser.add_argument("--out", default=str(RESULTS / "tune_overhead.json"))
+    args = parser.parse_args()
+    if args.trials < 1 or args.iterations < 1 or not 0 <= args.interrupt_at < 1:
+        parser.error("--trials and --iterations must be >= 1, --interrupt-at in [0, 1)")
+
+    import logging
+
+    import ray
+    import torch
+
+    torch.set_num_threads(1)  # the driver as a trial process: one thread
+    load_before = os.getloadavg()
+    ray.init(num_cpus=args.cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+             logging_level=logging.WARNING)
+    cpus = ray.cluster_resources()["CPU"]
+    with tempfile.TemporaryDirectory(prefix="tune-overhead-") as folder:
+        storage = Path(folder)
+        trainyard, table = run_trainyard(args, storage, "trainyard", [])
+        work = trial_work(table)
+        work_seconds = sum(setup + sum(iterations) for setup, iterations in work)
+        concurrency = int(min(cpus, args.trials))
+        bare = run_bare(args, storage, work, concurrency)
+        own = None
+        if args.own_data_trials:
+            own_result, _ = run_trainyard(args, storage, "own-data", [
+                "--grid", f"pattern_seed={list(range(args.own_data_trials))}"])
+            own = {"trials": own_result["trials"], "setup_seconds": own_result["setup_seconds"],
+                   "shared_data": own_result["shared_data"]}
+        ray.shutdown()
+        resume = run_resume(args, storage) if args.interrupt_at else None
+
+    for side, wall in (("trainyard", trainyard["wall_seconds"]), ("bare", bare["wall_seconds"])):
+        entry = trainyard if side == "trainyard" else bare
+        entry["trials_per_minute"] = round(args.trials / wall * 60, 1)
+        entry["overhead_per_trial_seconds"] = round(per_trial_overhead(wall, work_seconds, cpus, args.trials), 4)
+        entry["wall_seconds"] = round(wall, 2)
+    result = {
+        "benchmark": "tune_overhead",
+        "machine": machine(cpus),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "ray": ray.__version__, "torch": torch.__version__,
+        "settings": {"algorithm": args.algorithm, "trials": args.trials, "iterations": args.iterations,
+                     "scheduler": "fifo", "concurrency": concurrency},
+        "trainer_work_seconds_total": round(work_seconds, 2),
+        "trainer_work_seconds_per_trial": summary([s + sum(i) for s, i in work]),
+        "ideal_wall_seconds": round(work_seconds / cpus, 2),
+        "trainyard": trainyard,
+        "bare": bare,
+        "wall_ratio": round(trainyard["wall_seconds"] / bare["wall_seconds"], 3),
+        "overhead_per_trial_over_bare_seconds": round(
+            (trainyard["wall_seconds"] - bare["wall_seconds"]) * cpus / args.trials, 4),
+        "own_data": own,
+        "resume": resume,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print_table(result)
+    return 0
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    settings = result["settings"]
+    table = Table(title=f"{settings['trials']} trials of {settings['algorithm']} x {settings['iterations']} "
+                        f"iterations on {result['machine']['ray_cpus']:g} CPUs "
+                        f"(trainer work {result['trainer_work_seconds_per_trial']['median']:.3f} s per trial)")
+    for column in ("", "wall s", "trials/min", "overhead s/trial", "peak RSS MB", "peak PSS MB"):
+        table.add_column(column)
+    for side in ("trainyard", "bare"):
+        entry = result[side]
+        table.add_row(side, f"{entry['wall_seconds']:.1f}", f"{entry['trials_per_minute']:.1f}",
+                      f"{entry['overhead_per_trial_seconds']:.3f}", f"{entry['memory']['rss_mb']:.0f}",
+                      f"{entry['memory']['pss_mb']:.0f}")
+    Console(width=120).print(table)
+    print(f"wall ratio trainyard / bare: {result['wall_ratio']:.3f}; trainyard's extra per trial: "
+          f"{result['overhead_per_trial_over_bare_seconds']:.3f} s")
+    print(f"setup_seconds median: {result['trainyard']['setup_seconds']['median']:.3f} s (shared data)"
+          + (f", {result['own_data']['setup_seconds']['median']:.3f} s (each trial its own)" if result["own_data"] else ""))
+    if result["resume"]:
+        resume = result["resume"]
+        print(f"resume: {resume['finished_before_resume']} trials finished at the interrupt, "
+              f"{len(resume['finished_trials_run_again'])} of them ran again; first new result "
+              f"{resume['resume_seconds_to_first_new_result']} s after the resume started (first run: "
+              f"{resume['first_seconds_to_first_result']} s); {resume['restore_report']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""What a large search leaves readable, on a synthetic 1,000-trial results table (the table
+trial_table builds from a ResultGrid): trials.parquet, the best-so-far curve and the metric
+against each hyperparameter. No Ray: the functions read the table only."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from distributed.results import _log_spread, best_so_far, plot_search, varied_keys, write_table
+
+N = 1000
+
+
+def synthetic_table(seed: int = 0) -> pd.DataFrame:
+    """1,000 trials as Tune leaves them: ended out of id order, 30 errored (no metric), a
+    log-uniform lr, two choices, a uniform; the metric is best near lr = 1e-2."""
+    rng = np.random.default_rng(seed)
+    lr = 10 ** rng.uniform(-4, -1, N)
+    table = pd.DataFrame({
+        "trial_id": [f"abc_{i:05d}" for i in range(N)],
+        "timestamp": rng.permutation(N) + 1_700_000_000,
+        "config/lr": lr,
+        "config/schedule": rng.choice(["none", "cosine", "plateau"], N),
+        "config/batch_size": rng.choice([16, 32, 64], N),
+        "config/dropout": rng.uniform(0, 0.3, N),
+        "config/fixed": 5,
+        "status": "TERMINATED", "error": "", "path": "/tmp/x",
+    })
+    table["val_loss"] = (np.log10(lr) + 2) ** 2 + rng.uniform(0, 0.5, N)
+    table["best_val_loss"] = table["val_loss"] - 0.01
+    errored = rng.choice(N, 30, replace=False)
+    table.loc[errored, ["val_loss", "best_val_loss"]] = np.nan
+    table.loc[errored, "status"] = "ERROR"
+    return table
+
+
+def test_a_thousand_trials_make_a_table_and_two_legible_figures(tmp_path):
+    table = synthetic_table()
+    paths = {**write_table(table, tmp_path, "val_loss"), **plot_search(table, "val_loss", "min", tmp_path)}
+    back = pd.read_parquet(paths["trials (Parquet)"])
+    assert len(back) == N and list(back.columns[:4]) == ["trial_id", "status", "val_loss", "best_val_loss"]
+    assert back["trial_id"].is_monotonic_increasing and back["val_loss"].dtype == float
+    assert back["val_loss"].isna().sum() == 30 and (back["status"] == "ERROR").sum() == 30
+
+    # the curve: the trials' best values in the order they ended, never worse than before
+    curve = best_so_far(table, "val_loss", "min")
+    ended = table.sort_values("timestamp")["best_val_loss"].reset_index(drop=True)
+    assert len(curve) == N and curve.is_monotonic_decreasing
+    assert curve.iloc[-1] == table["best_val_loss"].min()
+    first = ended.first_valid_index()
+    assert curve.iloc[first] == ended.iloc[first] and curve.iloc[first:].notna().all()
+    assert curve.iloc[99] == ended.iloc[:100].min()  # the order is by end time, not by trial id
+    assert best_so_far(table, "val_loss", "max").iloc[-1] == table["best_val_loss"].max()
+
+    # one panel per hyperparameter that varies, the fixed one left out; figures of a fixed size
+    assert set(varied_keys(table)) == {"config/lr", "config/schedule", "config/batch_size", "config/dropout"}
+    # a log axis for the log-uniform lr, not for the uniform dropout that also spans decades
+    assert _log_spread(table["config/lr"].to_numpy()) and not _log_spread(table["config/dropout"].to_numpy())
+    for name in ("best-so-far plot", "hyperparameter plot"):
+        with Image.open(paths[name]) as image:
+            assert image.width <= 1400 and image.height <= 1000
+        assert paths[name].stat().st_size < 400_000
+
+
+def test_a_trial_without_best_metric_is_read_at_its_last_value(tmp_path):
+    # trials the scheduler stopped report no best_METRIC: their last value counts
+    table = synthetic_table().head(50).drop(columns="best_val_loss")
+    curve = best_so_far(table, "val_loss", "min")
+    assert curve.iloc[-1] == table["val_loss"].min()
+    plot_search(table, "val_loss", "min", tmp_path)
+    assert (tmp_path / "hyperparameters.png").is_file()
