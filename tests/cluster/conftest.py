@@ -42,7 +42,8 @@ def without_address_fields(config: dict) -> dict:
 
 def launcher_env() -> dict:
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("RAY_", "TRAINYARD_")) and key != "PYTHONPATH"}
+           if not key.startswith(("RAY_", "TRAINYARD_")) and key not in ("PYTHONPATH", "TMPDIR")}
+    env["TMPDIR"] = str(hostlib.LAPTOP_TMP)
     return env
 
 

@@ -28,6 +28,11 @@ UID = 47815
 BASE = Path("/srv/trainyard-cluster")
 SHARED = Path("/mnt/shared/trainyard")  # TRAINYARD_STORAGE in cluster.yaml
 CPUSET = Path("/sys/fs/cgroup/cpuset")
+# the launching side's temporary folder (TMPDIR of every `ray` command the suite runs): Ray's
+# local provider keeps the cluster's node list in <tmp>/ray/cluster-<cluster_name>.state, which
+# another `ray up` on this machine of a file with the same cluster_name (the default suite's
+# launcher test) would otherwise overwrite mid-run; made afresh by up()
+LAPTOP_TMP = BASE / "laptop-tmp"
 # Ray's fixed ports (cluster.yaml's start commands) and SSH; DDP's rendezvous and gloo pairs
 # listen on the kernel's ephemeral range
 ALLOWED_TCP = "22, 6379, 8076, 8077, 10001, 10002-19999, 52365, 52366, 32768-60999"
@@ -215,6 +220,7 @@ def up(wheels: Path, count: int = 3) -> tuple[list[Host], Path]:
     BASE.mkdir(parents=True, exist_ok=True)
     BASE.chmod(0o755)
     key = make_key(BASE)
+    LAPTOP_TMP.mkdir()
     public_key = (BASE / "id_ed25519.pub").read_text()
     sh(["ip", "link", "add", BRIDGE, "type", "bridge"])
     sh(["ip", "addr", "add", f"{LAPTOP_IP}/24", "dev", BRIDGE])
@@ -254,6 +260,8 @@ def down(count: int = 3, remove_files: bool = True) -> None:
     sh(["ip", "link", "del", BRIDGE], check=False)
     if remove_files:
         shutil.rmtree(SHARED, ignore_errors=True)
+    # the launcher's state from an earlier run must not reach the next `ray up`
+    shutil.rmtree(LAPTOP_TMP, ignore_errors=True)
 
 
 if __name__ == "__main__":

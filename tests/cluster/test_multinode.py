@@ -31,7 +31,8 @@ def sets(values: dict) -> str:
 
 
 def ranks_by_ip(output: str) -> list[str]:
-    """The node of each Train worker, from Ray Train's 'Started training worker group' lines."""
+    """The node of each Train worker, from Ray Train's 'Started training worker group' lines
+    (Ray's own output: run.py prints it with --verbose)."""
     return re.findall(r"- \(ip=([\d.]+), pid=\d+\) world_rank=", output)
 
 
@@ -116,7 +117,7 @@ def test_nodes_listen_only_on_the_documented_ports(cluster):
 
 def test_run_with_two_workers_puts_its_ranks_on_two_hosts(cluster):
     result = cluster.launcher("submit", str(cluster.config_file), "run.py", "--", "--algorithm", "gat-simple",
-                              "--workers", "2", "--storage", str(STORAGE), "--name", "ddp",
+                              "--workers", "2", "--storage", str(STORAGE), "--name", "ddp", "--verbose",
                               *sets({**SMALL, "max_iterations": 2}).split(), timeout=900)
     ips = ranks_by_ip(result.stdout + result.stderr)
     assert len(ips) >= 2 and len(set(ips)) == 2, ips
@@ -186,7 +187,7 @@ def test_ray_job_submit_through_the_dashboard_tunnel_with_the_cluster_token(clus
 
 def run_in_background(cluster, name: str, iterations: int):
     command = (f"cd ~/trainyard && python run.py --algorithm gat-simple --workers 2 --storage {STORAGE} "
-               f"--name {name} --max-failures 3 {sets({**SMALL, 'max_iterations': iterations})}")
+               f"--name {name} --max-failures 3 --verbose {sets({**SMALL, 'max_iterations': iterations})}")
     return subprocess.Popen(cluster.ssh_command(cluster.head, command), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
