@@ -123,4 +123,4 @@ def test_refit_config_trains_a_fixed_count_without_validation():
     config = GatAdvancedConfig(refit=True, max_iterations=7)
     assert (config.metric, config.mode, config.patience, config.schedule) == ("iterations_trained", "max", 0, "none")
     assert GatAdvancedConfig(**config.model_dump()).metric == "iterations_trained"  # a worker's copy agrees
-    assert GatAdvancedConfig().metric == "val_recall@20" and GatAdvancedConfig().item_prior == "ease"
+    assert GatAdvancedConfig().metric == "val_recall@20" and GatAdvancedConfig().item_prior == "blend"

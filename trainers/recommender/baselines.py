@@ -277,7 +277,7 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
                       seed: int = 0, batch_size: int = 2048, lambda_reg: float = 1e-3,
                       eval_every: int = 5, patience: int = 8, sampling: str = "user",
                       ks: Sequence[int] = (10, 20), num_threads: Optional[int] = 1,
-                      verbose: bool = False) -> dict[str, float]:
+                      verbose: bool = False, device: str = "cpu") -> dict[str, float]:
     """Train ``torch_geometric.nn.LightGCN`` with BPR and return ``split`` metrics of the
     best model by validation recall@max(ks) (recall@20 by default). Early stopping: evaluated
     every ``eval_every`` epochs, stops after ``patience`` evaluations without improvement;
@@ -302,6 +302,9 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
     the cores are shared (parallel Ray trials, other jobs) OpenMP spin-waiting made an epoch
     30x slower in our measurements. ``None`` leaves the setting alone.
 
+    ``device``: where the propagation and the BPR steps run (the sampling and the data stay
+    on the CPU, with the same random draws on every device).
+
     Extra keys in the result: ``best_epoch``, ``epochs_run``, ``seconds`` and the best
     model's validation metrics prefixed ``val_``. Without validation
     items (split="none") it trains for ``epochs`` and keeps the last model.
@@ -312,19 +315,19 @@ def lightgcn_baseline(inter: Interactions, split: str = "test", embedding_dim: i
     try:
         return _fit_lightgcn(inter, split, embedding_dim, num_layers, epochs, lr, seed,
                              batch_size, lambda_reg, eval_every, patience, sampling, ks,
-                             verbose)
+                             verbose, torch.device(device))
     finally:
         torch.set_num_threads(previous)
 
 
 def _fit_lightgcn(inter, split, embedding_dim, num_layers, epochs, lr, seed, batch_size,
-                  lambda_reg, eval_every, patience, sampling, ks, verbose):
+                  lambda_reg, eval_every, patience, sampling, ks, verbose, device):
     start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    adj = _normalised_adjacency(inter)
+    adj = _normalised_adjacency(inter).to(device)
     model = LightGCN(inter.n_users + inter.n_songs, embedding_dim, num_layers,
-                     normalize=False)
+                     normalize=False).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     keys = training_keys(inter)
     draw = _training_sampler(inter, sampling)
@@ -333,7 +336,7 @@ def _fit_lightgcn(inter, split, embedding_dim, num_layers, epochs, lr, seed, bat
 
     def score_fn_of(emb):
         users_emb, songs_emb = emb[:inter.n_users], emb[inter.n_users:]
-        return lambda users: users_emb[users] @ songs_emb.T
+        return lambda users: users_emb[users.to(emb.device)] @ songs_emb.T
 
     best, best_state, best_epoch, bad, epoch, best_val = -1.0, None, 0, 0, 0, {}
     for epoch in range(1, epochs + 1):
@@ -395,6 +398,7 @@ def _train_epoch(model, opt, adj, inter, keys, gen, batch_size, lambda_reg, draw
     all_users, all_pos = draw(gen)
     for users, pos in zip(torch.split(all_users, batch_size), torch.split(all_pos, batch_size)):
         neg = sample_negatives(users, keys, inter.n_songs, gen)
+        users, pos, neg = (t.to(adj.device) for t in (users, pos, neg))
         emb = model.get_embedding(adj)
         u_emb = emb[users]
         pos_rank = (u_emb * emb[pos + inter.n_users]).sum(-1)
