@@ -21,7 +21,7 @@ from pathlib import Path
 from cli_common import (EXIT_FAILED, EXIT_OK, assemble_config, config_error_types, fail,
                         require_minimums, resolve_storage, start_ray, summary_order)
 
-from distributed.results import grid_combinations, trial_counts
+from distributed.results import CURVES_UP_TO, grid_combinations, trial_counts
 from search_spaces import check_space_choices, load_search_space
 from trainers.registry import algorithm_names, run_name_prefix
 
@@ -59,6 +59,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="log every trial to MLflow ($MLFLOW_TRACKING_URI, else ./mlruns), one experiment per search")
     parser.add_argument("--verbose", action="store_true",
                         help="Ray Tune's trial tables and Ray's output, instead of one progress line")
+    parser.add_argument("--trial-figures", choices=("auto", "on", "off"), default="auto",
+                        help=f"each trial's own figures (learning curves, reconstructions): auto draws them in "
+                             f"searches of up to {CURVES_UP_TO} trials, or as --set figures=... says; the trials' "
+                             f"data outputs and the search's own figures are written either way")
     args = parser.parse_args(argv)
     require_minimums(parser, [("--num-samples", args.num_samples, 1),
                               ("--workers-per-trial", args.workers_per_trial, 1),
@@ -129,6 +133,17 @@ def print_best(best, metric: str, outputs: dict[str, Path], seconds: float, coun
     console.print(table)
 
 
+def trial_figures(choice: str, config, trials: int) -> bool:
+    """Whether each trial draws its figures. Drawing them takes seconds per trial (matplotlib),
+    most of a small trial's time: a large search draws only its own figures from the trials
+    table, unless asked."""
+    if choice != "auto":
+        return choice == "on"
+    if "figures" in config.model_fields_set:
+        return config.figures
+    return trials <= CURVES_UP_TO
+
+
 def check_trial_count(trials: int) -> None:
     if trials > MAX_TRIALS:
         raise ValueError(f"the search would run {trials:,} trials (--num-samples x the --grid combinations); "
@@ -159,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         space = {**space_module.space(), **grid_axes(args)}
         check_trial_count(args.num_samples * grid_combinations(space))
         check_space_choices(spec.config_class, config, space)
+        config = config.model_copy(update={"figures": trial_figures(args.trial_figures, config,
+                                                                    args.num_samples * grid_combinations(space))})
         if "max_iterations" not in config.model_fields_set and hasattr(space_module, "MAX_ITERATIONS"):
             config = config.model_copy(update={"max_iterations": space_module.MAX_ITERATIONS})
         if not args.address and args.gpus_per_worker != "auto":

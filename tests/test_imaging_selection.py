@@ -138,3 +138,17 @@ def test_every_run_writes_its_reconstruction(tmp_path):
     assert np.abs(amplitude - np.clip(window, 0, 1)).max() < 1e-4
     rows = list(csv.DictReader(open(folder / "quality.csv")))
     assert len(rows) == 3 and {"iteration", "residual", "test_ssim", "test_psnr", "test_rmse"} <= set(rows[0])
+
+
+def test_figures_off_still_writes_the_reconstruction_and_draws_nothing(tmp_path):
+    trainer = MopieTrainer(MopieConfig(**{**MOPIE, "max_iterations": 2, "patience": 0, "figures": False}),
+                           LocalContext("mopie", tmp_path))
+    trainer.fit()
+    assert np.allclose(np.load(tmp_path / "reconstruction" / "reconstruction.npy"), trainer.reconstruction().numpy())
+    assert (tmp_path / "reconstruction" / "quality.csv").is_file()
+    assert not list((tmp_path / "figures").glob("*.png"))
+    drawn = MopieTrainer(MopieConfig(**{**MOPIE, "max_iterations": 2, "patience": 0}),
+                         LocalContext("mopie", tmp_path / "drawn"))
+    drawn.fit()
+    assert {"reconstruction.png", "coverage.png", "learning_curves.png"} <= {
+        path.name for path in (tmp_path / "drawn" / "figures").glob("*.png")}

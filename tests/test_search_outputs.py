@@ -70,3 +70,14 @@ def test_a_trial_without_best_metric_is_read_at_its_last_value(tmp_path):
     assert curve.iloc[-1] == table["val_loss"].min()
     plot_search(table, "val_loss", "min", tmp_path)
     assert (tmp_path / "hyperparameters.png").is_file()
+
+
+def test_trials_draw_their_own_figures_only_in_small_searches_unless_asked():
+    from tune import trial_figures
+    from trainers.imaging.mopie_config import MopieConfig
+
+    default = MopieConfig()
+    assert trial_figures("auto", default, 20) and not trial_figures("auto", default, 21)
+    assert trial_figures("auto", MopieConfig(figures=True), 1000)
+    assert not trial_figures("auto", MopieConfig(figures=False), 2)
+    assert trial_figures("on", MopieConfig(figures=False), 1000) and not trial_figures("off", default, 1)

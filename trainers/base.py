@@ -240,8 +240,13 @@ class Trainer(abc.ABC):
         """Held-out metrics, computed once on the best state after the loop."""
         return {}
 
+    def save_outputs(self) -> None:
+        """Write the run's results as data files (rank 0 only, after the best state is restored):
+        what a user reads back, such as a reconstruction. Always written, figures or not."""
+
     def save_figures(self) -> None:
-        """Write the algorithm's figures (rank 0 only; the base plots learning curves)."""
+        """Draw the algorithm's figures (rank 0 only, unless `figures` is off; the base plots
+        learning curves). Matplotlib costs seconds per run: most of a tiny search trial."""
         if self.context.output_dir is not None and self.history:
             from trainers.plots import plot_learning_curves
 
@@ -435,7 +440,9 @@ class Trainer(abc.ABC):
             "done": 1.0,
         }
         if self.context.rank == 0:
-            self.save_figures()
+            self.save_outputs()
+            if self.config.figures:
+                self.save_figures()
         self.context.report(summary, self.checkpoint_payload())
         return TrainingResult(
             metrics=metrics,

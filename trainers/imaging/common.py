@@ -61,8 +61,8 @@ class ImagingTrainer(Trainer):
         self.last_reconstruction = self.reconstruction().detach().clone()
         return super()._finish(metrics, stopped_early, seconds)
 
-    def save_figures(self) -> None:
-        super().save_figures()
+    def save_outputs(self) -> None:
+        super().save_outputs()
         if self.context.output_dir is not None:
             write_reconstruction(Path(self.context.output_dir) / RECONSTRUCTION_DIR, self.reconstruction(),
                                  getattr(self, "last_reconstruction", None), self.history, self.obj_size)
