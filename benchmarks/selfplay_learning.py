@@ -120,6 +120,10 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     sets = list(args.set) + ["final_eval_games=0"]   # the final matches are played below, in parallel
+    if not any(item.startswith("max_iterations=") for item in args.set):
+        # the minutes are the budget: the config's default count (150) would end a fast machine's
+        # run long before them (a 7-minute run on a 16-core H200 machine stopped at 150 iterations after 136 s)
+        sets.append("max_iterations=1000000")
     if args.actors:
         sets += ["collector=ray", f"actors={args.actors}", f"eval_actors={args.eval_actors}"]
     config = build_config(PpoShogiConfig, overrides_from_sets(sets))
