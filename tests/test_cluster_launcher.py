@@ -149,6 +149,7 @@ def loopback_ssh(tmp_path_factory):
         daemon.wait(timeout=20)
 
 
+@pytest.mark.long
 @pytest.mark.ray
 def test_ray_up_submit_down_on_loopback(loopback_ssh, tmp_path):
     account, key = loopback_ssh

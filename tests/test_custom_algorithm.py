@@ -18,7 +18,7 @@ import tune
 from trainers import registry
 from trainers.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.long]  # pip-installs the example, then real Ray runs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_algorithm"
 DIST = "trainyard-digits"

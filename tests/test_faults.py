@@ -381,6 +381,7 @@ def terminated_trials(experiment: Path) -> set[str]:
 @pytest.mark.ray
 @pytest.mark.xfail(strict=False, reason="since the quiet console and checkpoints at a new best: passed alone, "
                                         "failed once in a clean-clone suite; not yet diagnosed")
+@pytest.mark.long
 def test_interrupted_tune_driver_resumes_without_rerunning_finished_trials(ray_session, tmp_path):
     # mopie's default problem: about 0.15 s an iteration, so a trial takes seconds and the search
     # can be cut between trials; one trial at a time, every trial runs all its iterations

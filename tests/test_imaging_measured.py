@@ -39,6 +39,7 @@ def test_ptylab_reads_our_file(measured):
     assert np.array_equal(reconstruction.positions, centres + reconstruction.No // 2 - 44 // 2)
 
 
+@pytest.mark.long
 @pytest.mark.ray
 def test_run_reconstructs_a_measured_file(ray_session, measured, tmp_path):
     path, truth = measured

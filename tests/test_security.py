@@ -129,6 +129,7 @@ def ray_token() -> str:
     return token
 
 
+@pytest.mark.long
 @pytest.mark.ray
 def test_a_wandb_key_and_the_ray_token_are_written_nowhere(ray_session, small_sets, tmp_path, monkeypatch, capfd):
     """A run.py run with W&B on and an API key in the environment (offline mode, no network):
@@ -157,6 +158,7 @@ def test_a_wandb_key_and_the_ray_token_are_written_nowhere(ray_session, small_se
         assert not leaks, leaks
 
 
+@pytest.mark.long
 @pytest.mark.ray
 def test_a_wandb_key_is_written_nowhere_by_a_search(ray_session, small_sets, tmp_path, monkeypatch, capfd):
     """The same for tune.py --wandb: each trial logs its own W&B run (no WandbLoggerCallback,

@@ -79,6 +79,7 @@ def kill_an_actor_after_first_checkpoint(run_dir, killed: list) -> None:
         killed.append(error)
 
 
+@pytest.mark.long
 def test_a_killed_actor_is_restarted_and_the_run_finishes(ray_session, tmp_path):
     killed: list[int] = []
     killer = threading.Thread(target=kill_an_actor_after_first_checkpoint, args=(tmp_path / "kill", killed))
@@ -110,6 +111,7 @@ def two_actor_run(ray_session, tmp_path_factory):
     return code, marker.exists(), final_state(storage / "run")
 
 
+@pytest.mark.long
 def test_two_actors_one_learner(two_actor_run):
     code, _, payload = two_actor_run
     assert code == 0 and payload["iteration"] == 5 and payload["trainer"]["finished"]
@@ -125,6 +127,7 @@ def test_two_actors_one_learner(two_actor_run):
     assert sorted(source["games"]) == [0, 1] and len(source["games"][0]) == TINY["games_per_batch"]
 
 
+@pytest.mark.long
 def test_evaluations_on_actors_attach_to_the_iteration_that_played(two_actor_run):
     _, _, payload = two_actor_run
     history, extra = payload["trainer"]["history"], payload["trainer"]["extra"]
@@ -139,6 +142,7 @@ def test_evaluations_on_actors_attach_to_the_iteration_that_played(two_actor_run
     assert [row["source_policy_lag"] for row in history] == [0, 1, 0, 1, 1]
 
 
+@pytest.mark.long
 def test_a_killed_evaluation_actor_is_replaced_and_its_match_replayed(ray_session):
     """SIGKILL an evaluation actor mid-match: the match is played again, whole, on a fresh actor,
     and its result is the one the same match gives in the learner's process."""
@@ -164,6 +168,7 @@ def test_a_killed_evaluation_actor_is_replaced_and_its_match_replayed(ray_sessio
         evaluator.close()
 
 
+@pytest.mark.long
 def test_a_restarted_learner_resumes_from_its_checkpoint(two_actor_run):
     """New actors after the restart; iterations, counters and sequences continue from the checkpoint."""
     code, failed_once, payload = two_actor_run

@@ -126,6 +126,7 @@ sys.exit(0 if codes == (1, 0) else 3)
 """
 
 
+@pytest.mark.long
 @pytest.mark.ray
 def test_a_run_on_s3_storage_writes_there_and_resumes_from_its_s3_checkpoint(s3_env, small_sets, tmp_path):
     """As a user runs it: `python run.py` with the AWS variables set, its own local Ray (whose
