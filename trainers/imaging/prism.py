@@ -452,8 +452,9 @@ class PrismTrainer(ImagingTrainer):
                 break
         # a sample also counts as converged if its last check was under the threshold
         converged = converged or loss_value < config.loss_threshold
+        # fit_lr: the step the fit ended at (an undone retry puts the optimiser's lr back)
         return {"loss": loss_value, "steps": float(step), "converged": float(converged),
-                "escalated": float(escalated), "plateaued": float(plateaued)}
+                "escalated": float(escalated), "plateaued": float(plateaued), "fit_lr": self.current_lr()}
 
     def _plateaued(self, checks: list[float]) -> bool:
         window = self.config.plateau_checks
