@@ -128,8 +128,11 @@ def test_run_with_two_workers_puts_its_ranks_on_two_hosts(cluster):
 
 def test_selfplay_actors_run_on_more_than_one_host(cluster):
     before = {host.name: actor_logs(host, "SelfPlayActor") for host in cluster.hosts}
+    # two 1-CPU actors on three 1-CPU hosts, the learner (a fraction of a CPU) on the head: the
+    # actors cannot share a host; no evaluation actors, whose CPUs the cluster does not have
     cluster.ssh(cluster.head, f"cd ~/trainyard && python run.py --algorithm ppo-shogi --actors 2 "
-                              f"--storage {STORAGE} --name shogi --set max_iterations=2", timeout=900)
+                              f"--storage {STORAGE} --name shogi --set max_iterations=2 --set eval_actors=0",
+                timeout=900)
     used = [host.name for host in cluster.hosts if actor_logs(host, "SelfPlayActor") - before[host.name]]
     assert len(used) >= 2, f"self-play actors ran on {used}"
     assert history(STORAGE / "shogi", "ppo-shogi")[1] == [1, 2]
