@@ -13,6 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from trainers import collective
+from trainers.base import Trainer
+from trainers.config import TrainerConfig
 from trainers.context import LocalContext
 from trainers.imaging.mopie import MopieTrainer
 from trainers.imaging.mopie_config import MopieConfig
@@ -83,3 +85,73 @@ def test_shares_cover_every_item_once():
         for world in (1, 2, 3, 8):
             covered = [i for rank in range(world) for i in range(count)[collective.share(count, rank, world)]]
             assert covered == list(range(count))
+
+
+# ----- a restart resumes every rank's own random stream -----------------------------------------
+class DrawTrainer(Trainer):
+    """Each rank draws from the global generator as often as its own share is long (dropout over
+    a rank's own batch does the same), so the ranks' generators part after the first step."""
+
+    algorithm = "draws"
+    config_class = TrainerConfig
+
+    def setup(self):
+        self.model = torch.nn.Linear(1, 1)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
+
+    def step(self):
+        return {"loss": float(torch.rand(3 + self.context.rank).sum())}
+
+
+class CrashAfterTwo(DrawTrainer):
+    def on_iteration_end(self, iteration, metrics):
+        if iteration == 3:  # after the checkpoint of iteration 2, before that of 3
+            raise RuntimeError("crash")
+        return False
+
+
+class SharedFolderContext(LocalContext):
+    """Every rank reads the checkpoints of one folder; rank 0 alone writes them."""
+
+    def __init__(self, folder: str, rank: int, world_size: int, resume: bool):
+        super().__init__(DrawTrainer.algorithm, resume=resume)
+        self.folder, self.rank, self.world_size = folder, rank, world_size
+
+    @property
+    def checkpoint_dir(self):
+        from pathlib import Path
+
+        return Path(self.folder) / "checkpoints"
+
+    def report(self, metrics, state):
+        super().report(metrics, state if self.rank == 0 else None)
+
+
+def _resume_rank_main(rank: int, world_size: int, port: int, folder: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    config = TrainerConfig(max_iterations=4, checkpoint_every=1)
+
+    def losses(cls, name, resume):
+        result = cls(config, SharedFolderContext(os.path.join(folder, name), rank, world_size, resume)).fit()
+        return [row["loss"] for row in result.history]
+
+    straight = losses(DrawTrainer, "straight", resume=False)
+    try:
+        losses(CrashAfterTwo, "cut", resume=False)
+    except RuntimeError:
+        pass
+    dist.barrier()  # rank 0's checkpoints are all written
+    resumed = losses(DrawTrainer, "cut", resume=True)
+    torch.save({"straight": straight, "resumed": resumed}, os.path.join(folder, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_resumed_run_continues_each_ranks_own_random_stream(tmp_path):
+    mp.start_processes(_resume_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["straight"][2:] != ranks[1]["straight"][2:]  # the ranks' streams do part
+    for rank in ranks:
+        # iterations 3 and 4 ran after the restart: each rank drew what it drew without one (the
+        # history before them is rank 0's, from the checkpoint)
+        assert rank["resumed"][2:] == rank["straight"][2:]

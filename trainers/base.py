@@ -22,6 +22,7 @@ from typing import Any, Callable, ClassVar, Protocol
 import numpy as np
 import torch
 
+from trainers import collective
 from trainers.config import TrainerConfig
 
 
@@ -297,6 +298,10 @@ class Trainer(abc.ABC):
             "best_metrics": dict(self.best_metrics),
             "history": list(self.history),
             "rng": rng_state(),
+            # each rank's own generators: ranks draw differently (dropout over a rank's own
+            # batch, a rank's share of the data), so rank 0's state on every rank after a restart
+            # would part from the uninterrupted run; a collective, called on every rank alike
+            "rng_by_rank": collective.gather(rng_state(), self.context.world_size),
             "extra": self.extra_state(),
             "config_lr": float(self.config.lr),
         }
@@ -315,7 +320,10 @@ class Trainer(abc.ABC):
         self.best_state = state["best_state"] or None
         self.best_metrics = dict(state["best_metrics"])
         self.history = list(state["history"])
-        set_rng_state(state["rng"])
+        by_rank = state.get("rng_by_rank") or []
+        # the same world size: each rank its own state; another one (or an older checkpoint):
+        # rank 0's, on every rank
+        set_rng_state(by_rank[self.context.rank] if len(by_rank) == self.context.world_size else state["rng"])
         self.load_extra_state(state.get("extra", {}))
 
     @property

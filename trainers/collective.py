@@ -58,3 +58,12 @@ def sum_gradients(parameters: Iterable[torch.nn.Parameter], world_size: int) -> 
     for grad in grads:
         grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
         offset += grad.numel()
+
+
+def gather(value: object, world_size: int) -> list:
+    """Every rank's `value` (picklable), in rank order, on every rank; `[value]` with one rank."""
+    if not active(world_size):
+        return [value]
+    values: list = [None] * world_size
+    dist.all_gather_object(values, value)
+    return values

@@ -6,7 +6,8 @@ namespace, on a bridge at 10.77.0.1. One Unix user, the same uid on every host, 
 image; every host sees the shared folder (the NFS stand-in) at the same path.
 
 Needs root and Debian's openssh-server, rsync, nftables, iproute2. `python -m tests.cluster.hosts
-down` removes everything this module makes (idempotent), whatever state a failed run left.
+down` removes everything this module makes (idempotent), whatever state a failed run left: the
+hosts and every process in them, the network, the cgroups, the user, the launcher's state.
 """
 from __future__ import annotations
 
@@ -82,6 +83,16 @@ class Host:
         return [(pid, command) for pid, command in self.processes()
                 if "ray" in command or "gcs_server" in command or "raylet" in command]
 
+    def ray_logs(self) -> list[Path]:
+        """This host's Ray log folders (the newest session's, with the logs of ended workers in
+        old/), seen from here: session_latest is a link to an absolute path inside the host."""
+        latest = self.folder / "tmp" / "ray" / "session_latest"
+        try:
+            session = self.folder / "tmp" / Path(os.readlink(latest)).relative_to("/tmp")
+        except (OSError, ValueError):
+            return []
+        return [session / "logs", session / "logs" / "old"]
+
     def kill_ray(self) -> list[int]:
         """SIGKILL every Ray process of this host, by pid (a machine whose Ray crashed)."""
         pids = [pid for pid, _ in self.ray_processes()]
@@ -123,6 +134,20 @@ def make_user() -> pwd.struct_passwd:
     sh(["usermod", "-p", "*", USER])  # no password, not locked (sshd without PAM refuses locked)
     Path(account.pw_dir).mkdir(exist_ok=True)  # the mount point of each host's own home
     return account
+
+
+def remove_user() -> None:
+    """The hosts' user and its home's mount point (empty: each host mounts its own home there);
+    every process of the user has ended with its host."""
+    try:
+        account = pwd.getpwnam(USER)
+    except KeyError:
+        return
+    sh(["userdel", USER], check=False)
+    try:
+        Path(account.pw_dir).rmdir()
+    except OSError:
+        pass
 
 
 def make_key(folder: Path) -> Path:
@@ -258,6 +283,7 @@ def down(count: int = 3, remove_files: bool = True) -> None:
             shutil.rmtree(host.folder / "tmp", ignore_errors=True)
             shutil.rmtree(host.folder / "home", ignore_errors=True)
     sh(["ip", "link", "del", BRIDGE], check=False)
+    remove_user()
     if remove_files:
         shutil.rmtree(SHARED, ignore_errors=True)
     # the launcher's state from an earlier run must not reach the next `ray up`

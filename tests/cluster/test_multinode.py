@@ -38,9 +38,8 @@ def ranks_by_ip(output: str) -> list[str]:
 
 def actor_logs(host, actor_class: str) -> set[str]:
     """The worker log files on `host` of actors of `actor_class` (Ray heads each with its name)."""
-    logs = host.folder / "tmp" / "ray" / "session_latest" / "logs"
     found = set()
-    for path in logs.glob("worker-*.out"):
+    for path in (path for folder in host.ray_logs() for path in folder.glob("worker-*.out")):
         try:
             if f":actor_name:{actor_class}" in path.read_text(errors="replace")[:4000]:
                 found.add(path.name)
@@ -83,8 +82,10 @@ def test_token_authentication_is_on_and_a_client_without_the_token_is_refused(cl
     tokens = {(host.folder / "home" / ".ray" / "auth_token").read_text() for host in cluster.hosts}
     assert len(tokens) == 1, "every node must hold the same cluster token"
     secret = tokens.pop().strip()
-    head_logs = cluster.head.folder / "tmp" / "ray" / "session_latest" / "logs"
-    text = "".join(p.read_text(errors="replace") for p in head_logs.glob("*") if p.is_file() and p.stat().st_size < 5e7)
+    logs = [path for host in cluster.hosts for folder in host.ray_logs() for path in folder.glob("*")
+            if path.is_file() and path.stat().st_size < 5e7]
+    assert len(logs) > 20, f"Ray's logs of the hosts not found: {logs}"
+    text = "".join(path.read_text(errors="replace") for path in logs)
     assert "Token authentication is disabled" not in text
     assert secret not in text, "the token must not appear in Ray's logs"
     assert secret not in cluster.log.read_text(), "the token must not appear in the launcher's output"
@@ -128,8 +129,11 @@ def test_run_with_two_workers_puts_its_ranks_on_two_hosts(cluster):
 
 def test_selfplay_actors_run_on_more_than_one_host(cluster):
     before = {host.name: actor_logs(host, "SelfPlayActor") for host in cluster.hosts}
+    # two 1-CPU actors on three 1-CPU hosts, the learner (a fraction of a CPU) on the head: the
+    # actors cannot share a host; no evaluation actors, whose CPUs the cluster does not have
     cluster.ssh(cluster.head, f"cd ~/trainyard && python run.py --algorithm ppo-shogi --actors 2 "
-                              f"--storage {STORAGE} --name shogi --set max_iterations=2", timeout=900)
+                              f"--storage {STORAGE} --name shogi --set max_iterations=2 --set eval_actors=0",
+                timeout=900)
     used = [host.name for host in cluster.hosts if actor_logs(host, "SelfPlayActor") - before[host.name]]
     assert len(used) >= 2, f"self-play actors ran on {used}"
     assert history(STORAGE / "shogi", "ppo-shogi")[1] == [1, 2]
@@ -231,15 +235,19 @@ def disturbed_run(cluster, name: str, disturb) -> tuple[dict, list[int], str, fl
     import threading
     reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
     reader.start()
-    wait_for_checkpoint(STORAGE / name, 2, process, 600)
-    host = worker_host_of_rank(cluster, "".join(lines))
-    began = time.monotonic()
-    undo = disturb(host)
+    undo = None
     try:
+        wait_for_checkpoint(STORAGE / name, 2, process, 600)
+        host = worker_host_of_rank(cluster, "".join(lines))
+        began = time.monotonic()
+        undo = disturb(host)
         process.wait(timeout=900)
     finally:
         if undo:
             undo()
+        if process.poll() is None:  # a failed step: the run's ssh client goes with it
+            process.kill()
+            process.wait(timeout=30)
     reader.join(timeout=10)
     output = "".join(lines)
     assert process.returncode == 0, output[-4000:]
