@@ -22,6 +22,11 @@ FORWARDED_ENV_PREFIXES = ("TRAINYARD_", "WANDB_", "MLFLOW_", "AWS_")
 # 2 s. Polling every 0.25 s costs the controller little. Ray propagates this variable from the
 # driver to the controller and the workers.
 POLL_ENV, POLL_SECONDS = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
+# Train V2 gives a worker group 60 s to start. On a loaded 2-core machine two workers took
+# longer (load average 18); the failed start's placement group stayed reserved while the retry
+# asked for another, and the trial waited without end. 300 s still ends a start that cannot
+# happen (an infeasible request is refused before Ray is asked, in resources.py).
+START_TIMEOUT_ENV, START_TIMEOUT_SECONDS = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300"
 
 
 def worker_env_vars() -> dict[str, str]:
@@ -42,6 +47,7 @@ def build_torch_trainer(spec, config: TrainerConfig, plan: WorkerPlan, storage: 
     if isinstance(spec, str):
         spec = get_algorithm(spec)
     os.environ.setdefault(POLL_ENV, POLL_SECONDS)
+    os.environ.setdefault(START_TIMEOUT_ENV, START_TIMEOUT_SECONDS)
     storage = storage if isinstance(storage, Storage) else Storage(local=Path(storage))
     resources = {"CPU": plan.cpus_per_worker}
     if plan.gpus_per_worker > 0:
