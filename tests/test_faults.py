@@ -293,6 +293,7 @@ def registered_iteration(run_dir: Path) -> int:
     return 0
 
 
+@pytest.mark.long
 @pytest.mark.ray
 def test_sigkilled_train_worker_resumes_from_its_last_checkpoint(ray_session, small_sets, tmp_path):
     run_dir, iterations = tmp_path / "killed-worker", 60  # about 40 ms each: the kill lands mid-run
@@ -313,6 +314,7 @@ def test_sigkilled_train_worker_resumes_from_its_last_checkpoint(ray_session, sm
 
 
 # ----- 4. the local Ray killed under a running run.py ---------------------------------------------
+@pytest.mark.long
 @pytest.mark.ray
 def test_run_resumes_after_its_local_ray_was_killed(ray_session, small_sets, tmp_path):
     """run.py starts its own Ray (no RAY_ADDRESS); the driver's process group (driver, GCS,

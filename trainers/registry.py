@@ -6,7 +6,7 @@ built-in ones). Each entry names an `Algorithm` (or, for short, a `Trainer` subc
 its `config_class`):
 
     [project.entry-points."trainyard.algorithms"]
-    digits-mlp = "trainyard_digits.algorithm:ALGORITHM"
+    my-algorithm = "my_package.algorithm:ALGORITHM"
 
 `--algorithm package.module:NAME` resolves the same kind of object without packaging (a quick
 experiment). Config classes import no torch, so the command line validates at once; the trainer
