@@ -289,10 +289,8 @@ def test_a_cut_off_worker_host_is_survived_with_an_exact_resume(cluster, undistu
 def test_ray_down_leaves_no_ray_process_on_any_host(cluster):
     cluster.launcher("down", "-y", str(cluster.config_file), timeout=300)
     deadline = time.monotonic() + 90
-    left = {}
-    while time.monotonic() < deadline:
-        left = {host.name: host.ray_processes() for host in cluster.hosts}
-        if not any(left.values()):
-            return
+    left = {host.name: host.ray_processes() for host in cluster.hosts}
+    while any(left.values()) and time.monotonic() < deadline:
         time.sleep(3)
-    raise AssertionError(f"Ray processes left after ray down: {left}")
+        left = {host.name: host.ray_processes() for host in cluster.hosts}
+    assert not any(left.values()), f"Ray processes left after ray down: {left}"
