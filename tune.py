@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         spec, config = assemble_config(args.algorithm, args.config, args.set)
         spec.trainer_class()  # a trainer that cannot be imported is bad input, said before Ray starts
         space_module = load_search_space(spec)
-        space = {**space_module.space(), **grid_axes(args)}
+        # a key the user fixed (--set, --config) is the same in every trial: out of the space
+        space = {**{key: domain for key, domain in space_module.space().items() if key not in config.model_fields_set},
+                 **grid_axes(args)}
         check_trial_count(args.num_samples * grid_combinations(space))
         check_space_choices(spec.config_class, config, space)
         config = config.model_copy(update={"figures": trial_figures(args.trial_figures, config,
@@ -203,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         mlflow = mlflow_tracking.tracking(name)  # one MLflow experiment per search
     if not args.verbose:  # Tune's own reporter silent: the progress line says it (verbose=0 alone
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # leaves the new reporter's header tables)
+    # no TensorBoard logger in the driver: every trial writes its own scalars (build_tuner names
+    # the CSV and JSON loggers itself)
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     start_ray(args.address, args.verbose)
     from distributed.progress import SearchProgress
     from distributed.tune import (PBT_INTERVAL, build_trainable, build_tuner, make_scheduler, make_search,
@@ -220,6 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.scheduler == "pbt" and "checkpoint_every" not in config.model_fields_set:
             # an exploiting trial starts from the better trial's latest checkpoint: a fresh one
             config = config.model_copy(update={"checkpoint_every": PBT_INTERVAL})
+        if "checkpoint_at_best" not in config.model_fields_set:
+            # a trial's final checkpoint holds its selected state, and a search ranks trials, not
+            # a trial's checkpoints: the checkpoints at each new best would only cost time and disk
+            config = config.model_copy(update={"checkpoint_at_best": False})
         # a data set that cannot be built (too large for its prior, say) is bad input, said once
         shared_data, shared_note = put_shared_data(spec, config, space)
     except (ResourceError, ValueError) as error:

@@ -10,12 +10,16 @@ One local Ray in this process (`--cpus` of them; default: all) runs, one after t
    data built once by the driver (the default);
 2. bare: a Ray Tune function trainable, 1 CPU per trial, as many at once, that spins for each
    trainyard trial's own measured work (its setup_seconds, then each iteration's
-   iteration_seconds, reporting after each) and does nothing else: no checkpoints, no files;
+   iteration_seconds, reporting after each, the last one with the trial's final_seconds, its
+   held-out evaluation of the selected state) and does nothing else: no checkpoints, no files;
+   before its search the bare driver spins for the time one build of the shared data takes
+   (measured on the same config), the work tune.py's driver does once before its trials;
 3. own data (`--own-data-trials`, 0 skips it): a search whose space varies a data key (the
    pattern seed, which the default pattern does not even read), so that every trial builds its
    own data: its setup_seconds beside those of 1.
 Wall times exclude Ray's start (shared by both). The ratio is trainyard's wall time over bare's;
-overhead per trial is (wall - trainer work / CPUs) x CPUs / N, the figure Ray's own release test
+overhead per trial is (wall - ideal) x CPUs / N, the ideal being the shared data's build plus
+trainer work / CPUs: the figure Ray's own release test
 quotes (about 0.14 s per trial per CPU for 10,000 one-second trials on 16 CPUs).
 4. resume (`--interrupt-at F`, 0 skips it): after Ray is shut down, `tune.py` as a child process
    with its own Ray, sent SIGINT once F x N trials have finished, then `tune.py --resume`; it
@@ -62,23 +66,25 @@ def spin(seconds: float) -> None:
 def bare_trial(config: dict, work: list) -> None:
     import ray.tune
 
-    setup, iterations = work[config["index"]]
+    setup, iterations, final = work[config["index"]]
     spin(setup)
     for iteration, seconds in enumerate(iterations, 1):
-        spin(seconds)
+        spin(seconds + (final if iteration == len(iterations) else 0.0))
         ray.tune.report({"iteration": iteration, "metric": float(iteration)})
 
 
-def trial_work(table) -> list[tuple[float, list[float]]]:
-    """Each trial's own work: its setup, then each iteration (from the trial's progress.csv:
-    every report carries its iteration's `iteration_seconds`; the final one repeats the last
-    iteration's with the summary, and is that iteration)."""
+def trial_work(table) -> list[tuple[float, list[float], float]]:
+    """Each trial's own work: its setup, each iteration (from the trial's progress.csv: every
+    report carries its iteration's `iteration_seconds`; the final one repeats the last
+    iteration's with the summary, and is that iteration), and the held-out evaluation of the
+    selected state at the end (`final_seconds`)."""
     import pandas as pd
 
     work = []
-    for path, setup in zip(table["path"], table["setup_seconds"]):
+    finals = table["final_seconds"] if "final_seconds" in table else [0.0] * len(table)
+    for path, setup, final in zip(table["path"], table["setup_seconds"], finals):
         history = pd.read_csv(Path(path) / "progress.csv")
-        work.append((float(setup), [float(s) for s in history["iteration_seconds"]]))
+        work.append((float(setup), [float(s) for s in history["iteration_seconds"]], float(final)))
     return work
 
 
@@ -109,12 +115,25 @@ def run_trainyard(args, storage: Path, name: str, extra: list[str]) -> tuple[dic
             "shared_data": table["shared_data"].value_counts().to_dict() if "shared_data" in table else {}}, table
 
 
-def run_bare(args, storage: Path, work: list, concurrency: int) -> dict:
+def shared_data_seconds(args) -> float:
+    """What building the search's shared data once takes (tune.py does it in the driver before
+    the trials start, instead of in every trial's setup): measured here on the same config."""
+    from trainers.registry import get_algorithm
+
+    spec = get_algorithm(args.algorithm)
+    config = spec.config_class(max_iterations=args.iterations, patience=0)
+    started = time.perf_counter()
+    spec.trainer_class().build_shared_data(config)
+    return time.perf_counter() - started
+
+
+def run_bare(args, storage: Path, work: list, concurrency: int, shared_build: float) -> dict:
     from ray import tune
 
     sampler = MemorySampler()
     sampler.start()
     started = time.perf_counter()
+    spin(shared_build)  # the driver's build of the shared data, as tune.py does before its trials
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(bare_trial, work=work), {"CPU": 1}),
         param_space={"index": tune.grid_search(list(range(len(work))))},
@@ -218,9 +237,9 @@ def machine(cpus: float) -> dict:
             "platform": platform.platform(), "python": platform.python_version()}
 
 
-def per_trial_overhead(wall: float, work_seconds: float, cpus: float, trials: int) -> float:
-    """(wall - the ideal, all CPUs busy with trainer work) x CPUs / trials."""
-    return (wall - work_seconds / cpus) * cpus / trials
+def per_trial_overhead(wall: float, ideal: float, cpus: float, trials: int) -> float:
+    """(wall - the ideal: the shared data built, then all CPUs busy with trainer work) x CPUs / trials."""
+    return (wall - ideal) * cpus / trials
 
 
 def main() -> int:
@@ -252,9 +271,10 @@ def main() -> int:
         storage = Path(folder)
         trainyard, table = run_trainyard(args, storage, "trainyard", [])
         work = trial_work(table)
-        work_seconds = sum(setup + sum(iterations) for setup, iterations in work)
+        work_seconds = sum(setup + sum(iterations) + final for setup, iterations, final in work)
         concurrency = int(min(cpus, args.trials))
-        bare = run_bare(args, storage, work, concurrency)
+        shared_build = shared_data_seconds(args)
+        bare = run_bare(args, storage, work, concurrency, shared_build)
         own = None
         if args.own_data_trials:
             own_result, _ = run_trainyard(args, storage, "own-data", [
@@ -264,10 +284,11 @@ def main() -> int:
         ray.shutdown()
         resume = run_resume(args, storage) if args.interrupt_at else None
 
+    ideal = shared_build + work_seconds / cpus
     for side, wall in (("trainyard", trainyard["wall_seconds"]), ("bare", bare["wall_seconds"])):
         entry = trainyard if side == "trainyard" else bare
         entry["trials_per_minute"] = round(args.trials / wall * 60, 1)
-        entry["overhead_per_trial_seconds"] = round(per_trial_overhead(wall, work_seconds, cpus, args.trials), 4)
+        entry["overhead_per_trial_seconds"] = round(per_trial_overhead(wall, ideal, cpus, args.trials), 4)
         entry["wall_seconds"] = round(wall, 2)
     result = {
         "benchmark": "tune_overhead",
@@ -278,8 +299,9 @@ def main() -> int:
         "settings": {"algorithm": args.algorithm, "trials": args.trials, "iterations": args.iterations,
                      "scheduler": "fifo", "concurrency": concurrency},
         "trainer_work_seconds_total": round(work_seconds, 2),
-        "trainer_work_seconds_per_trial": summary([s + sum(i) for s, i in work]),
-        "ideal_wall_seconds": round(work_seconds / cpus, 2),
+        "shared_data_build_seconds": round(shared_build, 3),
+        "trainer_work_seconds_per_trial": summary([s + sum(i) + f for s, i, f in work]),
+        "ideal_wall_seconds": round(ideal, 2),
         "trainyard": trainyard,
         "bare": bare,
         "wall_ratio": round(trainyard["wall_seconds"] / bare["wall_seconds"], 3),

@@ -157,14 +157,15 @@ class RayTuneContext(LoggingMixin):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         trial_dir = ray.tune.get_context().get_trial_dir()
         self.output_dir = Path(trial_dir) if trial_dir else None
-        # Tune writes TensorBoard scalars for every trial itself; we add figures only
+        # the trial writes its own TensorBoard scalars (tune.py leaves out Tune's TensorBoard
+        # logger, which writes every trial's from the driver, one after another), figures, W&B
         if self.output_dir is not None:
             self.logger = RunLogger(self.output_dir, config, ray.tune.get_context().get_trial_name(),
                                     use_wandb=use_wandb, echo=False, mlflow=mlflow)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        if self.logger is not None and self.logger.mlflow is not None:  # Tune has TensorBoard already
-            self.logger.mlflow.log_metrics(metrics, int(metrics.get("iteration", 0)))
+        if self.logger is not None:
+            self.logger.log_metrics(metrics)
         if state is None:
             ray.tune.report(metrics)
             return

@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 import ray.tune as tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
 from distributed.resources import ResourceError, WorkerPlan, plan_workers
@@ -191,6 +192,10 @@ def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, sch
     # trial a second time, and it hands WANDB_API_KEY to its actor through a runtime_env, which
     # Ray writes in plain text to runtime_env_agent.log.
     namer = trial_namer(trial_prefix)
+    # Tune's CSV and JSON result files, named here because tune.py turns Tune's automatic loggers
+    # off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS) to leave out its TensorBoard one: each trial
+    # writes its own scalars, in parallel, instead of the driver writing all of them in turn
+    loggers = [CSVLoggerCallback(), JsonLoggerCallback()]
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -200,12 +205,15 @@ def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, sch
                                     # torch-geometric already imported) instead of starting one
                                     reuse_actors=reuse_actors,
                                     trial_name_creator=namer, trial_dirname_creator=namer),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks or [],
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[*(callbacks or []), *loggers],
                                   failure_config=tune.FailureConfig(max_failures=max_failures),
                                   verbose=2 if verbose else 0,
-                                  # a trial's figures are written on the node that ran it: copied
-                                  # into the trial's folder under the storage at every report
-                                  sync_config=tune.SyncConfig(sync_artifacts=True)),
+                                  # a trial's files are written on the node that ran it: copied
+                                  # into the trial's folder under the storage when the trial ends
+                                  # (and every sync_period), not at each checkpoint, where Ray
+                                  # would wait for the copy of the whole folder
+                                  sync_config=tune.SyncConfig(sync_artifacts=True,
+                                                              sync_artifacts_on_checkpoint=False)),
     )
 
 

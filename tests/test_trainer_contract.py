@@ -8,6 +8,7 @@ import torch
 
 from tests.test_framework import LineConfig, LineTrainer
 from trainers.base import Trainer
+from trainers.checkpoint import load_checkpoint
 from trainers.context import LocalContext
 
 
@@ -112,3 +113,16 @@ def test_checkpoints_every_n_iterations_and_at_a_new_best(tmp_path):
     LineTrainer(LineConfig(max_iterations=8, scripted=scripted, checkpoint_every=4), context).fit()
     written = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "checkpoints").glob("checkpoint_*"))
     assert written == [1, 2, 4, 6, 8]
+
+
+def test_without_checkpoints_at_a_new_best_the_last_one_still_holds_the_best_state(tmp_path):
+    # tune.py's default for trials: every checkpoint_every iterations and at the end only
+    scripted = [5.0, 4.0, 4.5, 4.5, 4.5, 3.0, 3.5, 3.5]
+    context = LocalContext("line", tmp_path, keep=100)
+    trainer = LineTrainer(LineConfig(max_iterations=8, scripted=scripted, checkpoint_every=4,
+                                     checkpoint_at_best=False), context)
+    trainer.fit()
+    written = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "checkpoints").glob("checkpoint_*"))
+    assert written == [4, 8]
+    last = load_checkpoint(tmp_path / "checkpoints" / "checkpoint_000008", "line")["trainer"]
+    assert last["best_metrics"]["val_loss"] == 3.0 and last["early_stopping"]["best_iteration"] == 5

@@ -420,9 +420,10 @@ class Trainer(abc.ABC):
         while not self.finished and self.iteration < self.config.max_iterations:
             metrics, stop = self.run_iteration()
             last = stop or self.iteration >= self.config.max_iterations
-            # a checkpoint every checkpoint_every iterations and at each new best (the state a
-            # restart should not lose), the last one in _finish
-            due = self.iteration % self.config.checkpoint_every == 0 or self.early_stopping.best_iteration == self.iteration - 1
+            # a checkpoint every checkpoint_every iterations and (checkpoint_at_best) at each new
+            # best, so that best-K retention has the best states to keep; the last one in _finish
+            new_best = self.early_stopping.best_iteration == self.iteration - 1
+            due = self.iteration % self.config.checkpoint_every == 0 or (self.config.checkpoint_at_best and new_best)
             if not last:
                 self.context.report(metrics, self.checkpoint_payload() if due else None)
             if stop:
@@ -435,7 +436,9 @@ class Trainer(abc.ABC):
         if self.best_state:
             self.load_model_state(self.best_state)
         self.finished = True
+        started = time.perf_counter()
         final = self.final_metrics()
+        final_seconds = time.perf_counter() - started
         summary = {
             **metrics,
             **{f"best_{k}": v for k, v in self.best_metrics.items() if isinstance(v, (int, float))},
@@ -443,6 +446,7 @@ class Trainer(abc.ABC):
             "best_iteration": self.early_stopping.best_iteration + 1,
             "stopped_early": float(stopped_early),
             "setup_seconds": self.setup_seconds,
+            "final_seconds": final_seconds,  # the held-out evaluation of the selected state
             **({"shared_data": self.shared_data_source, "shared_data_seconds": self.shared_data_seconds}
                if self.shared_data_source else {}),
             "done": 1.0,

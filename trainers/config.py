@@ -39,8 +39,11 @@ class TrainerConfig(BaseModel):
     figures: bool = Field(True, description="draw the run's figures at the end (learning curves, reconstructions, "
                                             "Elo, samples); the data outputs are written either way")
     checkpoint_every: int = Field(5, ge=1, le=1_000_000,
-                                  description="write a checkpoint every N iterations (and at each new best, and "
-                                              "at the end)")
+                                  description="write a checkpoint every N iterations (and at the end)")
+    checkpoint_at_best: bool = Field(True, description="also write a checkpoint at each new best of the metric, "
+                                                       "for run.py's best-K checkpoints; tune.py turns it off "
+                                                       "unless set (a trial's final checkpoint holds its "
+                                                       "selected state)")
 
     @field_validator("schedule_kwargs")
     @classmethod

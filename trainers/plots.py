@@ -6,7 +6,7 @@ import matplotlib
 matplotlib.use("Agg")  # no screen on servers and Ray workers
 import matplotlib.pyplot as plt  # noqa: E402
 
-SKIPPED_KEYS = {"iteration", "iteration_seconds", "elapsed_seconds", "setup_seconds", "lr", "done", "stopped_early", "best_iteration"}
+SKIPPED_KEYS = {"iteration", "iteration_seconds", "elapsed_seconds", "setup_seconds", "final_seconds", "lr", "done", "stopped_early", "best_iteration"}
 
 
 def plot_learning_curves(history: list[dict[str, float]], metric: str):

@@ -21,7 +21,7 @@ def format_progress(metrics: dict[str, float], max_iterations: int | None = None
     iteration = int(metrics.get("iteration", 0))
     head = f"iter {iteration}" + (f"/{max_iterations}" if max_iterations else "")
     shown = [f"{k}={v:.4g}" for k, v in metrics.items()
-             if k not in ("iteration", "done", "elapsed_seconds", "setup_seconds") and isinstance(v, (int, float))]
+             if k not in ("iteration", "done", "elapsed_seconds", "setup_seconds", "final_seconds") and isinstance(v, (int, float))]
     return head + "  " + "  ".join(shown)
 
 
@@ -29,13 +29,10 @@ class RunLogger:
     def __init__(self, run_dir: str | Path, config: dict[str, Any], run_name: str,
                  use_wandb: bool = False, echo: bool | Callable[[str], None] = True,
                  max_iterations: int | None = None, mlflow: dict[str, str] | None = None):
-        from torch.utils.tensorboard import SummaryWriter
-
         self.run_dir = Path(run_dir)
         self.figures_dir = self.run_dir / "figures"
         self.tensorboard_dir = self.run_dir / "tensorboard"
-        self.figures_dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.tensorboard_dir))
+        self._writer = None  # made at the first scalar or figure: a search's trials may log neither
         # echo: print progress lines (True), not at all (False), or through a function
         self.echo = (lambda line: print(line, flush=True)) if echo is True else echo
         self.max_iterations = max_iterations
@@ -46,6 +43,14 @@ class RunLogger:
             from trainers.mlflow_tracking import MlflowLogger
 
             self.mlflow = MlflowLogger(mlflow)
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.tensorboard_dir))
+        return self._writer
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         step = int(metrics.get("iteration", 0))
@@ -63,6 +68,7 @@ class RunLogger:
     def log_figure(self, tag: str, figure: Any, iteration: int) -> Path:
         import matplotlib.pyplot as plt
 
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
         path = self.figures_dir / f"{tag}.png"
         figure.savefig(path, dpi=110)
         self.writer.add_figure(tag, figure, iteration, close=False)
@@ -76,7 +82,8 @@ class RunLogger:
         return path
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
