@@ -264,7 +264,8 @@ def main() -> int:
 
     torch.set_num_threads(1)  # the driver as a trial process: one thread
     load_before = os.getloadavg()
-    ray.init(num_cpus=args.cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+    # the dashboard where its packages are installed (as tune.py's own start does)
+    ray.init(num_cpus=args.cpus, include_dashboard=None, dashboard_host="127.0.0.1", log_to_driver=False,
              logging_level=logging.WARNING)
     cpus = ray.cluster_resources()["CPU"]
     with tempfile.TemporaryDirectory(prefix="tune-overhead-") as folder:
