@@ -144,6 +144,13 @@ def trial_figures(choice: str, config, trials: int) -> bool:
     return trials <= CURVES_UP_TO
 
 
+def search_space(space_module, config, args: argparse.Namespace) -> dict:
+    """The algorithm's space without the keys the user fixed (--set, --config: the same in every
+    trial), with the --grid axes."""
+    fixed = config.model_fields_set
+    return {**{key: domain for key, domain in space_module.space().items() if key not in fixed}, **grid_axes(args)}
+
+
 def check_trial_count(trials: int) -> None:
     if trials > MAX_TRIALS:
         raise ValueError(f"the search would run {trials:,} trials (--num-samples x the --grid combinations); "
@@ -171,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         spec, config = assemble_config(args.algorithm, args.config, args.set)
         spec.trainer_class()  # a trainer that cannot be imported is bad input, said before Ray starts
         space_module = load_search_space(spec)
-        # a key the user fixed (--set, --config) is the same in every trial: out of the space
-        space = {**{key: domain for key, domain in space_module.space().items() if key not in config.model_fields_set},
-                 **grid_axes(args)}
+        space = search_space(space_module, config, args)
         check_trial_count(args.num_samples * grid_combinations(space))
         check_space_choices(spec.config_class, config, space)
         config = config.model_copy(update={"figures": trial_figures(args.trial_figures, config,

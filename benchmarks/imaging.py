@@ -249,8 +249,8 @@ def fine_run(trainer) -> Curve:
         excluded[0] += time.perf_counter() - pause
         return metrics
 
-    def observed_update(ids, alpha, beta):
-        error = update(ids, alpha, beta)
+    def observed_update(*args, **kwargs):  # the engine's batch update, whatever its arguments
+        error = update(*args, **kwargs)
         check(lambda: image_metrics(engine.reconstruction(), trainer.experiment.truth, trainer.obj_size))
         return error
 

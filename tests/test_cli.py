@@ -139,3 +139,15 @@ def test_a_search_too_large_or_empty_exits_2_with_the_count(capsys):
     import ray
 
     assert not ray.is_initialized()  # said before Ray starts
+
+
+def test_a_key_fixed_with_set_leaves_the_search_space():
+    from cli_common import assemble_config
+    from search_spaces import load_search_space
+
+    spec, config = assemble_config("mopie", None, ["patience=0", "lr=0.5"])
+    space = tune.search_space(load_search_space(spec), config,
+                              tune.parse_args(["--algorithm", "mopie", "--grid", "lr=[0.4, 0.6]"]))
+    assert "patience" not in space            # --set patience=0 holds in every trial
+    assert space["lr"] == {"grid_search": [0.4, 0.6]}  # an explicit --grid axis still wins
+    assert "momentum" in space and "beta" in space

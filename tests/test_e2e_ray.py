@@ -108,6 +108,21 @@ def test_tune_mopie_two_trials(ray_session, tmp_path):
     assert table["test_ssim"].between(0.5, 1.0).all()
     # the best trial's reconstruction, as data, next to trials.csv
     assert (tmp_path / "mopie-search" / "best_reconstruction" / "reconstruction.npy").is_file()
+    iterations = dict(zip(table["trial_id"], table["training_iteration"]))
+    for trial in (tmp_path / "mopie-search").glob("mopie_*"):
+        # no checkpoint at each new best in a search (checkpoint_every 5): one at the end of a
+        # trial that ran its 3 iterations, none in a trial ASHA stopped before
+        ran = iterations[trial.name.split("_", 1)[1]]
+        assert len(list(trial.glob("checkpoint_*"))) == (1 if ran == 3 else 0), (trial, ran)
+        # the trial's own files, copied into the storage when it ended; its scalars written by
+        # the trial itself (the driver runs no TensorBoard logger)
+        assert (trial / "reconstruction" / "reconstruction.npy").is_file() == (ran == 3)
+        events = list((trial / "tensorboard").glob("events.out.tfevents.*"))
+        assert events and not list(trial.glob("events.out.tfevents.*"))
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        scalars = EventAccumulator(str(events[0])).Reload().Tags()["scalars"]
+        assert "residual" in scalars and "test_ssim" in scalars
 
 
 def test_a_diverging_trial_ends_with_its_reason_and_the_search_goes_on(ray_session, tmp_path):
