@@ -95,17 +95,11 @@ def elo_figure(history: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from trainers.selfplay.agents import draw_elo_history
+
     figure, axis = plt.subplots(figsize=(7, 4))
-    names = sorted({name for row in history for name in row if name != "iteration"})
-    for name in names:
-        rows = [row for row in history if name in row]
-        style = "-" if name == "learner" else "--"
-        axis.plot([row["iteration"] for row in rows], [row[name] for row in rows], style, marker=".", label=name)
-    axis.set_xlabel("iteration whose weights played")
-    axis.set_ylabel("Elo (uniform random = 0)")
+    draw_elo_history(axis, history)
     axis.set_title(title, fontsize=9)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

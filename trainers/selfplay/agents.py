@@ -204,3 +204,24 @@ class EloTable:
     def write(self, path: str | Path) -> Path:
         """The table and its history as JSON, written atomically (temporary file, then rename)."""
         return write_json_atomic({"k": self.k, "anchor": self.anchor, **self.state_dict()}, path)
+
+
+def draw_elo_history(axis: Any, history: list[dict[str, float]]) -> None:
+    """The ratings over training on a matplotlib axis: the learner and each named opponent (the
+    ladder) as a labelled line, the pool's snapshots (`iteration_N`, dozens in a long run) as
+    faint unlabelled lines, so that the legend stays a handful of entries."""
+    names = sorted({name for row in history for name in row if name != "iteration"})
+    snapshot_labelled = False
+    for name in names:
+        rows = [row for row in history if name in row]
+        x, y = [row["iteration"] for row in rows], [row[name] for row in rows]
+        if name.startswith("iteration_"):
+            axis.plot(x, y, color="0.75", linewidth=0.6, label=None if snapshot_labelled else "snapshots")
+            snapshot_labelled = True
+        else:
+            axis.plot(x, y, "-" if name == "learner" else "--", marker=".", markersize=3, label=name,
+                      linewidth=2.0 if name == "learner" else 1.2)
+    axis.set_xlabel("iteration whose weights played")
+    axis.set_ylabel("Elo (uniform random = 0)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from trainers.base import Trainer, make_scheduler
-from trainers.selfplay.agents import EloTable, OpponentPool
+from trainers.selfplay.agents import EloTable, OpponentPool, draw_elo_history
 from trainers.selfplay.evaluation import (SNAPSHOT, SUFFIX, Evaluation, Match, ladder_score, make_evaluator,
                                           match_metrics, play)
 from trainers.selfplay.config import PpoShogiConfig
@@ -306,13 +306,6 @@ class PpoShogiTrainer(Trainer):
         import matplotlib.pyplot as plt
 
         figure, axis = plt.subplots(figsize=(6, 4))
-        names = sorted({name for row in self.elo.history for name in row if name != "iteration"})
-        for name in names:
-            rows = [row for row in self.elo.history if name in row]
-            axis.plot([row["iteration"] for row in rows], [row[name] for row in rows], marker=".", label=name)
-        axis.set_xlabel("iteration")
-        axis.set_ylabel("Elo (uniform random = 0)")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        draw_elo_history(axis, self.elo.history)
         self.context.log_figure("elo", figure, self.iteration)
 
