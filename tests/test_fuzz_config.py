@@ -273,11 +273,12 @@ def test_random_command_lines(module, flags, cli_sandbox):
      "schedule_kwargs = a mapping: 'T_max' is not an argument of schedule 'step'"),
     (run, ["--algorithm", "gat-simple", "--set", "schedule=plateau", "--set", "schedule_kwargs={factor: 2}"],
      "factor = 2: schedule 'plateau' needs a number in (0, 1)"),
-    # a space that tries schedules the fixed schedule_kwargs do not fit: every such trial failed
-    (tune, ["--algorithm", "mopie", "--set", "schedule=step", "--set", "schedule_kwargs={gamma: 0.5}"],
-     "the search space's schedule = 'none' does not fit"),
-    # mopie's alpha (an alias of lr) fixed while the space varies lr: every trial failed
-    (tune, ["--algorithm", "mopie", "--set", "alpha=0.5"], "alpha (0.5) and lr"),
+    # a grid of schedules the fixed schedule_kwargs do not fit: every such trial failed (a key
+    # fixed with --set alone leaves the space, so the conflict needs the --grid axis)
+    (tune, ["--algorithm", "mopie", "--set", "schedule=step", "--set", "schedule_kwargs={gamma: 0.5}",
+            "--grid", "schedule=[none, step]"], "the search space's schedule = 'none' does not fit"),
+    # mopie's alpha (an alias of lr) fixed while a grid varies lr: every trial failed
+    (tune, ["--algorithm", "mopie", "--set", "alpha=0.5", "--grid", "lr=[0.3, 0.6]"], "alpha (0.5) and lr"),
     # a list where a metric name belongs broke a validator: "unhashable type: 'list'"
     (run, ["--algorithm", "born-adversarial", "--set", "metric=[val_acc]"], "metric = ['val_acc']: Input should be"),
 ])
