@@ -32,7 +32,7 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.figures_dir = self.run_dir / "figures"
         self.tensorboard_dir = self.run_dir / "tensorboard"
-        self._writer = None  # made at the first scalar or figure: a search's trials may log neither
+        self._writer = None  # made at the first scalar or figure (no empty event file otherwise)
         # echo: print progress lines (True), not at all (False), or through a function
         self.echo = (lambda line: print(line, flush=True)) if echo is True else echo
         self.max_iterations = max_iterations
