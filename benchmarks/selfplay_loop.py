@@ -61,7 +61,21 @@ def loop_rate(config, device: str, iterations: int) -> dict:
     rows = result.history[2:-1]
     wall = rows[-1]["elapsed_seconds"] - result.history[1]["elapsed_seconds"]
     plies = rows[-1]["total_plies"] - result.history[1]["total_plies"]
-    return {"iterations": len(result.history), "plies_per_second": plies / wall, "wall_seconds": wall,
+    actors = config.actors
+
+    def actor_share(key: str) -> float:
+        """Share of the actors' wall time (N x wall) their batches report in `key`."""
+        return (rows[-1][f"source_{key}"] - result.history[1][f"source_{key}"]) / (actors * wall)
+
+    batches = rows[-1]["source_batches"] - result.history[1]["source_batches"]
+    return {"actor_call_share": actor_share("actor_call_seconds"),     # inside play()
+            "actor_idle_share": actor_share("actor_idle_seconds"),     # between calls
+            "actor_playing_share": actor_share("actor_games_seconds"),       # the runner's game loop
+            "actor_network_share": actor_share("actor_network_seconds"),
+            "actor_call_seconds_mean": (rows[-1]["source_actor_call_seconds"]
+                                        - result.history[1]["source_actor_call_seconds"]) / max(batches, 1),
+            "plies_per_call": plies / max(batches, 1),
+            "iterations": len(result.history), "plies_per_second": plies / wall, "wall_seconds": wall,
             "learner_idle_fraction": sum(r["collect_seconds"] for r in rows) / wall,
             "update_seconds_median": statistics.median(r["update_seconds"] for r in rows),
             "iteration_seconds_median": statistics.median(r["iteration_seconds"] for r in rows),
@@ -108,7 +122,10 @@ def main() -> int:
         out.write_text(json.dumps(report, indent=2))   # after every N: a cut-short run keeps what it measured
         print(f"N={n:>3}: {row['plies_per_second']:>8.0f} plies/s in the loop = {row['efficiency']:.2f} x N x alone; "
               f"learner idle {row['learner_idle_fraction']:.2f}; update {row['update_seconds_median']:.2f} s, "
-              f"iteration {row['iteration_seconds_median']:.2f} s", flush=True)
+              f"iteration {row['iteration_seconds_median']:.2f} s; actors' time: in play() "
+              f"{row['actor_call_share']:.2f} (games {row['actor_playing_share']:.2f}), between calls "
+              f"{row['actor_idle_share']:.2f}; {row['plies_per_call']:.0f} plies, "
+              f"{row['actor_call_seconds_mean']:.3f} s a call", flush=True)
     ray.shutdown()
     return 0
 

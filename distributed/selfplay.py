@@ -110,6 +110,7 @@ class SelfPlayActor:
         self.ply_limit = config.ply_limit
         self.runner = InProcessSource(config) if config.inference == "local" else ServedRunner(config)
         self.incarnation = uuid.uuid4().hex  # new after every restart: how the source sees one
+        self.returned_at: float | None = None  # when the last `play` returned: the gap to the next is idle
 
     @ray.method(max_task_retries=-1)  # idempotent: retried until Ray has restarted the actor
     def identity(self) -> dict[str, Any]:
@@ -122,11 +123,16 @@ class SelfPlayActor:
         # the server's handle comes with the call, not the constructor: Ray keeps a restartable
         # actor's constructor arguments, and a handle there would pin the server (ray#53727)
         self.runner.server = server
-        started = time.process_time()
+        called, started = time.perf_counter(), time.process_time()
         batch = self.runner.collect(weights, plies, seed=seed, opponent=opponent)[0]
         # CPU time beside the wall time: on a shared machine it shows how much of a core the actor got
         batch.stats["cpu_seconds"] = time.process_time() - started
+        # where an actor's time goes: inside this call (weights loaded, games played, the batch
+        # built) or between calls (its batch on the way back, waiting for the learner's next ask)
+        batch.stats["call_seconds"] = time.perf_counter() - called
+        batch.stats["idle_seconds"] = 0.0 if self.returned_at is None else called - self.returned_at
         batch.source, batch.sequence = actor_name(self.actor_id), sequence
+        self.returned_at = time.perf_counter()
         return self.incarnation, batch
 
     def games(self) -> list[dict[str, Any]]:
@@ -244,6 +250,8 @@ class RaySource:
         self.prefetched: tuple[int, dict[Any, tuple[int, int]]] | None = None  # (share, requests in flight)
         self.lag = 0                # updates between the weights that played the last batches and the learner's
         self.wait_seconds = 0.0     # the learner's time inside collect(): waiting for batches
+        # the actors' own account, summed over the batches received (see SelfPlayActor.play)
+        self.actor_seconds = dict.fromkeys(("call_seconds", "idle_seconds", "seconds", "network_seconds"), 0.0)
 
     # ----- start-up
     def start_server(self, device: str):
@@ -342,6 +350,8 @@ class RaySource:
         self.actor_batches[aid] += 1
         self.batches_received += 1
         self.plies_received += int(batch.stats["plies"])
+        for key in self.actor_seconds:
+            self.actor_seconds[key] += float(batch.stats.get(key, 0.0))
         return True
 
     def recover(self, aid: int) -> None:
@@ -368,7 +378,11 @@ class RaySource:
         return {"batches": self.batches_received, "plies": self.plies_received, "duplicates": self.duplicates,
                 "lost": self.lost, "restarts": self.restarts, "replaced": self.replaced, "actors": len(self.ids),
                 "actor_batches_min": min(per_actor), "actor_batches_max": max(per_actor), "policy_lag": self.lag,
-                "wait_seconds": self.wait_seconds}
+                "wait_seconds": self.wait_seconds,
+                "actor_call_seconds": self.actor_seconds["call_seconds"],
+                "actor_idle_seconds": self.actor_seconds["idle_seconds"],
+                "actor_games_seconds": self.actor_seconds["seconds"],
+                "actor_network_seconds": self.actor_seconds["network_seconds"]}
 
     def state_dict(self) -> dict[str, Any]:
         """Counters per rank, sequences, batch counts and games in progress per actor. With several
