@@ -1,10 +1,11 @@
 """Does `ppo-shogi` learn within its budget? One training run capped by wall time, then the
 delivered checkpoint (the state selected by ladder score) and the last iteration's weights
 against the whole opponent ladder: 100 games each (colours alternated, draws not won), played
-by the policy alone and, with `--search value1`, through the one-ply value search as well.
+by the policy alone and, with `--search value1` (or `value2`), through the one-ply (two-ply)
+value search as well.
 
     python benchmarks/selfplay_learning.py [--minutes 30] [--threads 2] [--actors N] [--device cpu|cuda]
-        [--eval-actors M] [--final-games 100] [--final-workers W] [--search value1]
+        [--eval-actors M] [--final-games 100] [--final-workers W] [--search value1|value2]
         [--set KEY=VALUE ...] [--name NAME] [--out FILE]
 
 `--actors 0` (default) collects in the learner's process (the default `collector`); `--actors N`
@@ -153,7 +154,8 @@ def run(args) -> dict:
     searches = ["none"] + ([args.search] if args.search != "none" else [])
     for search in searches:
         played = config.model_copy(update={"play_search": search})
-        # the last iteration's weights play without search only (the search costs ~search_width x)
+        # the last iteration's weights play without search only (a move encodes and evaluates ~search_width
+        # positions with value1, ~search_width x (search_width + the captures) with value2)
         for label, weights in (("selected", selected), ("last", last["weights"]))[:1 if search != "none" else 2]:
             row["final"][f"{label}_{search}"] = final_matches(played, weights, args.final_games, args.final_workers,
                                                               seed=1)
@@ -177,7 +179,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--final-games", type=int, default=100)
     parser.add_argument("--final-workers", type=int, default=os.cpu_count())
-    parser.add_argument("--search", choices=("none", "value1"), default="none",
+    parser.add_argument("--search", choices=("none", "value1", "value2"), default="none",
                         help="also play the final matches through this play-time search")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--name", default="default")

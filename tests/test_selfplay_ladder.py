@@ -13,6 +13,7 @@ import pytest
 import torch
 
 cshogi = pytest.importorskip("cshogi")
+from cshogi import dlshogi  # noqa: E402
 
 from trainers.checkpoint import load_checkpoint  # noqa: E402
 from trainers.config import ConfigError, build_config  # noqa: E402
@@ -20,7 +21,7 @@ from trainers.context import LocalContext  # noqa: E402
 from trainers.selfplay.config import PpoShogiConfig  # noqa: E402
 from trainers.selfplay.evaluation import Evaluation, ladder_score  # noqa: E402
 from trainers.selfplay.game import Game  # noqa: E402
-from trainers.selfplay.ladder import LADDER, one_ply_player, two_ply_player  # noqa: E402
+from trainers.selfplay.ladder import LADDER, one_ply_player, opponent_mates, two_ply_player  # noqa: E402
 from trainers.selfplay.network import ActorCritic  # noqa: E402
 from trainers.selfplay.ppo import ppo_update  # noqa: E402
 from trainers.selfplay.runner import MatchResult, new_slots, play_batch, play_match  # noqa: E402
@@ -246,3 +247,75 @@ def test_the_in_process_evaluation_climbs_the_ladder():
             assert (above in evaluation.results) == (score_rate(evaluation.results[below]) >= 0.5)
         assert ladder_score(evaluation.results, list(LADDER)) == pytest.approx(
             sum(score_rate(evaluation.results[name]) for name in played))
+
+
+# ---------------------------------------------------------------- the network's value searches
+class MaterialAgent:
+    """Builds a `NetworkAgent` whose value head is replaced by the material balance from the side
+    to move's view (a unit test of the search, not of a network): the policy is uniform except
+    for the labels `favoured` (+10) and `shunned` (-10). `sizes` records each forward's batch."""
+
+    @staticmethod
+    def make(width: int, depth: int, favoured=(), shunned=()):
+        from trainers.selfplay.agents import NetworkAgent
+        from trainers.selfplay.game import N_LABELS, material_balance
+
+        sizes: list[int] = []
+
+        def policy_fn(features, masks):
+            logits = torch.zeros(len(features), N_LABELS)
+            logits[:, list(favoured)] = 10.0
+            logits[:, list(shunned)] = -10.0
+            return logits.masked_fill(~torch.from_numpy(masks), float("-inf")), torch.zeros(len(features))
+
+        class Agent(NetworkAgent):
+            def forward(self, positions):
+                logits, _ = super().forward(positions)
+                sizes.append(len(positions))
+                return logits, torch.tensor([material_balance(p.board, p.board.turn) for p in positions])
+
+        agent = Agent(policy_fn, search_width=width, depth=depth)
+        agent.sizes = sizes
+        return agent
+
+
+def test_value2_refuses_the_capture_that_loses_the_rook_and_value1_takes_it():
+    # every move searched, every reply: one ply deep 5h5f wins a pawn; two plies deep the gold
+    # takes the rook back
+    assert usi_of(MaterialAgent.make(600, depth=1), PROTECTED_PAWN) == {"5h5f"}
+    assert "5h5f" not in usi_of(MaterialAgent.make(600, depth=2), PROTECTED_PAWN)
+    # narrow: the policy ranks the capture first at the root and the recapture last at the child,
+    # yet value2 searches it (every capture reply is); value1 still takes the pawn
+    board = cshogi.Board(PROTECTED_PAWN)
+    capture = board.move_from_usi("5h5f")
+    board.push(capture)
+    recapture = board.move_from_usi("5e5f")
+    assert board.is_legal(recapture)
+    favoured = [dlshogi.make_move_label(capture, cshogi.BLACK)]
+    shunned = [dlshogi.make_move_label(recapture, cshogi.WHITE)]
+    assert usi_of(MaterialAgent.make(3, 1, favoured, shunned), PROTECTED_PAWN) == {"5h5f"}
+    narrow = MaterialAgent.make(3, 2, favoured, shunned)
+    games = [Game(sfen=PROTECTED_PAWN), Game(sfen=PROTECTED_PAWN), Game(sfen=MATE_OR_ROOK)]
+    moves = [cshogi.move_to_usi(move) for move in narrow(games, np.random.default_rng(0))]
+    assert "5h5f" not in moves[:2] and moves[2] == "G*5b"
+    # batched: the roots, then both searched games' 3 children, then all their leaves: three forwards
+    assert len(narrow.sizes) == 3 and narrow.sizes[:2] == [3, 6]
+
+
+def test_value2_mates_in_one_and_avoids_a_mate_in_one():
+    assert usi_of(MaterialAgent.make(8, depth=2), MATE_OR_ROOK) == {"G*5b"}
+    # the same position, White to move: Black threatens G*5b mate; value2 plays only moves after
+    # which Black has no mate in one (there are some: the rook guarding 5b, checks, king moves)
+    sfen = "4k4/9/4P4/9/8r/9/9/9/4K3L w G 1"
+    agent = MaterialAgent.make(600, depth=2)
+    for seed in range(3):
+        game = Game(sfen=sfen)
+        game.push(agent([game], np.random.default_rng(seed))[0])
+        assert not opponent_mates(game.board, game.legal), game.board.sfen()
+
+
+def test_an_unknown_play_search_is_refused_with_the_field_and_the_choices():
+    with pytest.raises(ConfigError, match="play_search") as error:
+        build_config(PpoShogiConfig, {"play_search": "value3"})
+    assert "value2" in str(error.value)
+    assert build_config(PpoShogiConfig, {"play_search": "value2"}).play_search == "value2"

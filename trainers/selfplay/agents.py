@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from trainers.checkpoint import write_json_atomic
-from trainers.selfplay.game import Game, encode_batch, feature_buffer, mask_buffer, material_balance
+from trainers.selfplay.game import (Game, encode_batch, feature_buffer, mask_buffer, material_balance,
+                                    material_gain)
 from trainers.selfplay.ladder import capture_first_player, gives_mate, opponent_mates, random_player
 from trainers.selfplay.network import PolicyFn
 from trainers.selfplay.runner import sample_legal
@@ -35,12 +36,18 @@ class Position:
 
 class NetworkAgent:
     """A policy network as a player: one batched forward per call; samples (or takes the most
-    probable move when `greedy`) among the legal moves, or searches one ply (`search_width`)."""
+    probable move when `greedy`) among the legal moves, or searches one or two plies
+    (`search_width`, `depth`)."""
 
-    def __init__(self, policy_fn: PolicyFn, greedy: bool = False, search_width: int = 0, shaping: float = 0.0):
-        """`search_width` > 0: play through a one-ply search over the value head (see `search`);
+    def __init__(self, policy_fn: PolicyFn, greedy: bool = False, search_width: int = 0, shaping: float = 0.0,
+                 depth: int = 1):
+        """`search_width` > 0: play through a search over the value head (see `search`), one ply
+        deep (`depth` 1, play_search "value1") or two (`depth` 2, "value2");
         `shaping`: the material shaping the value head was trained with (runner.py)."""
+        if depth not in (1, 2):
+            raise ValueError(f"search depth must be 1 or 2, got {depth}")
         self.policy_fn, self.greedy, self.search_width, self.shaping = policy_fn, greedy, search_width, shaping
+        self.depth = depth
         self.features, self.masks = feature_buffer(0), mask_buffer(0)
         self.labels, self.counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
 
@@ -57,7 +64,7 @@ class NetworkAgent:
             picks, _, _ = sample_legal(logits.numpy(), labels, counts, rng)
         return [game.legal[pick] for game, pick in zip(games[:n], picks)]
 
-    def forward(self, games: list[Game]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, games: list[Game] | list[Position]) -> tuple[torch.Tensor, torch.Tensor]:
         """One batched forward over the games' positions (labels and counts kept for the caller)."""
         n = len(games)
         if len(self.features) < n:
@@ -65,15 +72,22 @@ class NetworkAgent:
         self.labels, self.counts = encode_batch(games, self.features, self.masks)
         return self.policy_fn(self.features[:n], self.masks[:n])
 
-    def search(self, games: list[Game], logits: torch.Tensor, labels: np.ndarray, counts: np.ndarray) -> list[int]:
-        """One ply over the value head: a mate in one is played at once; otherwise the policy's
-        `search_width` most probable moves are played out, all games' children in one forward,
-        and the move after which the opponent's value (the side to move there) is lowest wins;
-        a move after which the opponent mates in one is played only if every searched move allows it.
+    def values(self, positions: list[Position]) -> np.ndarray:
+        """The value head's prediction of the result for the side to move at each position, in one
+        forward. Trained with potential-based material shaping, the head predicts the result minus
+        `shaping` x the side to move's material balance (the shaping sums to -shaping x Phi of the
+        first position); that term is added back, so positions are compared by the result."""
+        values = self.forward(positions)[1].numpy().astype(np.float64)
+        if self.shaping:
+            values += self.shaping * np.array([material_balance(p.board, p.board.turn) for p in positions])
+        return values
 
-        Trained with potential-based material shaping, the value head predicts the result minus
-        `shaping` x the side to move's material balance (the shaping sums to -shaping x Phi of
-        the first position); that term is added back, so children are compared by the result."""
+    def search(self, games: list[Game], logits: torch.Tensor, labels: np.ndarray, counts: np.ndarray) -> list[int]:
+        """A search over the value head: a mate in one is played at once; otherwise the policy's
+        `search_width` most probable moves are played out (all games' children in one forward,
+        and with `depth` 2 all their leaves in one more) and the move with the highest score, from
+        the mover's side, wins (the most probable among equals). A move after which the opponent
+        mates in one scores -inf: it is played only if every searched move allows a mate."""
         starts = np.cumsum(counts) - counts
         moves: list[int | None] = [None] * len(games)
         children: list[tuple[int, int]] = []          # (game index, move) per child position
@@ -86,24 +100,70 @@ class NetworkAgent:
                 continue
             children.extend((i, game.legal[int(j)]) for j in top)
         if children:
-            after = []
-            for i, move in children:   # a copy per child: the game itself must not move
-                board = games[i].board.copy()
-                board.push(move)
-                after.append(Position(board, list(board.legal_moves)))
-            _, values = self.forward(after)
+            after = [played(games[i].board, move) for i, move in children]
+            scores = self.one_ply(after) if self.depth == 1 else self.two_ply(after)
             best: dict[int, tuple[float, int]] = {}
-            values = values.numpy().astype(np.float64)
-            if self.shaping:
-                values += self.shaping * np.array([material_balance(p.board, p.board.turn) for p in after])
-            # a child where the opponent mates in one is lost whatever the value head says
-            values[[opponent_mates(p.board, p.legal) for p in after]] = np.inf
-            for (i, move), value in zip(children, values.tolist()):
-                if i not in best or value < best[i][0]:
-                    best[i] = (value, move)
+            for (i, move), score in zip(children, scores.tolist()):
+                if i not in best or score > best[i][0]:   # strict: ties keep the more probable move
+                    best[i] = (score, move)
             for i, (_, move) in best.items():
                 moves[i] = move
         return [int(move) for move in moves]
+
+    def one_ply(self, after: list[Position]) -> np.ndarray:
+        """value1's score of each child: minus the opponent's value there (the head speaks for
+        the side to move, the opponent after our move)."""
+        scores = -self.values(after)
+        # a child where the opponent mates in one is lost whatever the value head says
+        scores[[opponent_mates(p.board, p.legal) for p in after]] = -np.inf
+        return scores
+
+    def two_ply(self, after: list[Position]) -> np.ndarray:
+        """value2's score of each child (opponent to move): the minimum over the opponent's replies
+        of the value of the leaf after the reply. At a leaf we are to move again, so the head's
+        value is already ours: no sign flip (negamax over two plies: max over our moves of min
+        over their replies).
+
+        The replies searched are the opponent's policy's `search_width` most probable moves (its
+        policy from the children's forward) plus every reply that gains material (captures,
+        promotions): all legal replies would cost ~80-100 leaves a child, while the replies a
+        weak policy overlooks and that a material opponent (the ladder's two_ply) punishes are
+        exactly the recaptures; captures are few, so the leaves stay ~2 x width a child. Mates
+        need no ranking: `opponent_mates` checks every reply of a child for a mate in one."""
+        logits = self.forward(after)[0]
+        labels, counts = self.labels, self.counts
+        starts = np.cumsum(counts) - counts
+        scores = np.full(len(after), np.inf)
+        leaves: list[Position] = []
+        owner: list[int] = []                          # the child each leaf belongs to
+        for c, child in enumerate(after):
+            if not child.legal:
+                continue                               # our move left no legal reply: a win (+inf)
+            if opponent_mates(child.board, child.legal):
+                scores[c] = -np.inf                    # a reply mates us: lost, whatever the leaves say
+                continue
+            row = logits[c, labels[starts[c]:starts[c] + counts[c]]].numpy()
+            top = set(np.argsort(-row, kind="stable")[:self.search_width].tolist())
+            for j, reply in enumerate(child.legal):
+                if j in top or material_gain(reply) > 0:
+                    board = child.board.copy()
+                    board.push(reply)
+                    # the leaf's own legal moves are not needed: only its value is read (an empty
+                    # list leaves its mask empty); a leaf without one is a mate we failed to flag
+                    leaves.append(Position(board, []))
+                    owner.append(c)
+        if leaves:
+            values = self.values(leaves)
+            values[[p.board.is_game_over() for p in leaves]] = -np.inf
+            np.minimum.at(scores, np.array(owner), values)
+        return scores
+
+
+def played(board: cshogi.Board, move: int) -> Position:
+    """The position after `move`, on a copy: the game itself must not move."""
+    board = board.copy()
+    board.push(move)
+    return Position(board, list(board.legal_moves))
 
 
 # ---------------------------------------------------------------- the opponent pool

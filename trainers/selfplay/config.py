@@ -81,11 +81,17 @@ class PpoShogiConfig(TrainerConfig):
     ladder: list[LadderName] = Field(default_factory=lambda: list(LADDER_NAMES), min_length=1,
                                      description="the fixed opponents every evaluation plays (ladder.py), "
                                                  "weakest first; the latest pool snapshot is played too")
-    play_search: Literal["none", "value1"] = Field("none", description="how the network plays evaluation "
-                                                   "games: its policy alone, or a one-ply search over its value "
-                                                   "head (mate in one first, then the top `search_width` moves "
-                                                   "of the policy scored by the value after them)")
-    search_width: int = Field(8, ge=1, le=600, description="play_search 'value1': policy moves searched")
+    play_search: Literal["none", "value1", "value2"] = Field("none", description="how the network plays "
+                                                             "evaluation games: 'none' its policy alone; "
+                                                             "'value1' a one-ply search over its value head (mate "
+                                                             "in one first, then the top `search_width` moves of "
+                                                             "the policy scored by the value after them); 'value2' "
+                                                             "two plies (each of those moves scored by its worst "
+                                                             "leaf over the opponent's top `search_width` replies "
+                                                             "by the policy plus every capture or promotion; a "
+                                                             "move allowing a mate in one loses)")
+    search_width: int = Field(8, ge=1, le=600, description="play_search 'value1'/'value2': policy moves searched "
+                                                            "(and, for 'value2', the opponent's replies by policy)")
     eval_every: int = Field(10, ge=1, le=1_000_000, description="iterations between evaluations (and the last one)")
     eval_games: int = Field(32, ge=1, le=100_000, description="games against each evaluation opponent, "
                                                                "colours alternated")

@@ -1,7 +1,7 @@
 """Evaluate a `ppo-shogi` checkpoint against the opponent ladder.
 
     python -m trainers.selfplay.evaluate CHECKPOINT [--weights selected|last] [--games 100]
-        [--opponents random,capture_first,one_ply,two_ply] [--search none|value1] [--search-width 8]
+        [--opponents random,capture_first,one_ply,two_ply] [--search none|value1|value2] [--search-width 8]
         [--greedy] [--ply-limit N] [--seed 0] [--out FILE.json]
 
 CHECKPOINT is a checkpoint folder (or its state.pt). A finished run's checkpoint holds the
@@ -29,7 +29,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--games", type=int, default=100)
     parser.add_argument("--opponents", default=",".join(LADDER_NAMES),
                         help=f"comma-separated ladder rungs, of: {', '.join(LADDER_NAMES)}")
-    parser.add_argument("--search", choices=("none", "value1"), default=None,
+    parser.add_argument("--search", choices=("none", "value1", "value2"), default=None,
                         help="how the network plays (default: the checkpoint config's play_search)")
     parser.add_argument("--search-width", type=int, default=None)
     parser.add_argument("--greedy", action="store_true", help="the most probable move instead of sampling")

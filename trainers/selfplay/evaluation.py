@@ -56,9 +56,10 @@ def network_agent(weights: dict[str, torch.Tensor], config: PpoShogiConfig, devi
 
     network = ActorCritic(config.blocks, config.channels).to(device).eval()
     network.load_state_dict(weights)
-    width = config.search_width if config.play_search == "value1" else 0
+    width = config.search_width if config.play_search in ("value1", "value2") else 0
     return NetworkAgent(make_policy_fn(network, torch.device(device), config.mixed_precision), config.eval_greedy,
-                        search_width=width, shaping=config.material_shaping)
+                        search_width=width, shaping=config.material_shaping,
+                        depth=2 if config.play_search == "value2" else 1)
 
 
 def play(match: Match, config: PpoShogiConfig, device: Any = "cpu") -> MatchResult:
