@@ -7,8 +7,9 @@
     InferenceServer      inference="server": one actor runs the network for every actor's
                          positions (SEED-style), on the GPU when the learner has one
 
-Overlap (`staleness` 1): as soon as a collection has its batches, every actor is asked for the
-next one with the same weights, so the actors play while the learner updates; the next
+Overlap (`staleness` 1): when a collection starts, every actor is asked for the next batch with
+the current weights before the batches in flight are gathered, so the actors play while the
+learner receives their batches and updates; the next
 collection takes those batches (one update old, `policy_lag` 1; their stored log-probs are the
 behaviour policy's, which PPO's ratio is taken against). A checkpoint taken meanwhile waits for
 the actors' games after that batch, and a batch still in flight at a crash is not replayed: its
@@ -282,14 +283,19 @@ class RaySource:
         share = -(-plies // len(self.actors))
         if self.prefetched is not None:   # asked for at the previous call, with the weights of then
             (old_share, pending), self.prefetched, self.lag = self.prefetched, None, 1
+            # the next batches are asked for before these are gathered: each actor starts on them
+            # as soon as it has sent its batch, instead of idling while the learner receives and
+            # unpacks every actor's batch (a large share of an iteration with many actors)
+            self.prefetched = (share, self.dispatch(self.put_weights(weights, opponent), share, seed))
             batches = self.gather(pending, old_share, seed)
         else:
             batches, self.lag = [], 0
         missing = plies - sum(len(batch) for batch in batches)
         if missing > 0:                   # no batches in flight, or fewer moves than asked for now
+            # (with batches already asked for above, these wait behind them on each actor)
             rest = -(-missing // len(self.actors))
             batches += self.gather(self.dispatch(self.put_weights(weights, opponent), rest, seed), rest, seed)
-        if self.config.staleness > 0:
+        if self.config.staleness > 0 and self.prefetched is None:
             self.prefetched = (share, self.dispatch(self.put_weights(weights, opponent), share, seed))
         self.wait_seconds += time.perf_counter() - started
         return batches
