@@ -63,17 +63,20 @@ def loop_rate(config, device: str, iterations: int) -> dict:
     plies = rows[-1]["total_plies"] - result.history[1]["total_plies"]
     actors = config.actors
 
+    def delta(key: str) -> float:
+        """A cumulative source counter's growth over the measured iterations."""
+        return rows[-1][f"source_{key}"] - result.history[1][f"source_{key}"]
+
     def actor_share(key: str) -> float:
         """Share of the actors' wall time (N x wall) their batches report in `key`."""
-        return (rows[-1][f"source_{key}"] - result.history[1][f"source_{key}"]) / (actors * wall)
+        return delta(key) / (actors * wall)
 
-    batches = rows[-1]["source_batches"] - result.history[1]["source_batches"]
+    batches = delta("batches")
     return {"actor_call_share": actor_share("actor_call_seconds"),     # inside play()
             "actor_idle_share": actor_share("actor_idle_seconds"),     # between calls
-            "actor_playing_share": actor_share("actor_games_seconds"),       # the runner's game loop
+            "actor_playing_share": actor_share("actor_games_seconds"),    # the runner's game loop
             "actor_network_share": actor_share("actor_network_seconds"),
-            "actor_call_seconds_mean": (rows[-1]["source_actor_call_seconds"]
-                                        - result.history[1]["source_actor_call_seconds"]) / max(batches, 1),
+            "actor_call_seconds_mean": delta("actor_call_seconds") / max(batches, 1),
             "plies_per_call": plies / max(batches, 1),
             "iterations": len(result.history), "plies_per_second": plies / wall, "wall_seconds": wall,
             "learner_idle_fraction": sum(r["collect_seconds"] for r in rows) / wall,

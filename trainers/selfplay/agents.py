@@ -146,24 +146,20 @@ class NetworkAgent:
             top = set(np.argsort(-row, kind="stable")[:self.search_width].tolist())
             for j, reply in enumerate(child.legal):
                 if j in top or material_gain(reply) > 0:
-                    board = child.board.copy()
-                    board.push(reply)
-                    # the leaf's own legal moves are not needed: only its value is read (an empty
-                    # list leaves its mask empty); a leaf without one is a mate we failed to flag
-                    leaves.append(Position(board, []))
+                    # only the leaf's value is read, so its legal moves are not generated (an empty
+                    # list leaves its mask empty); a mating reply was caught by opponent_mates above
+                    leaves.append(played(child.board, reply, with_legal=False))
                     owner.append(c)
         if leaves:
-            values = self.values(leaves)
-            values[[p.board.is_game_over() for p in leaves]] = -np.inf
-            np.minimum.at(scores, np.array(owner), values)
+            np.minimum.at(scores, np.array(owner), self.values(leaves))
         return scores
 
 
-def played(board: cshogi.Board, move: int) -> Position:
+def played(board: cshogi.Board, move: int, with_legal: bool = True) -> Position:
     """The position after `move`, on a copy: the game itself must not move."""
     board = board.copy()
     board.push(move)
-    return Position(board, list(board.legal_moves))
+    return Position(board, list(board.legal_moves) if with_legal else [])
 
 
 # ---------------------------------------------------------------- the opponent pool
