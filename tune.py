@@ -214,9 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     # the CSV and JSON loggers itself)
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     start_ray(args.address, args.verbose)
-    from distributed.progress import SearchProgress
     from distributed.tune import (PBT_INTERVAL, build_trainable, build_tuner, make_scheduler, make_search,
-                                  plan_trials, put_shared_data, restore_or_build)
+                                  plan_trials, put_shared_data, restore_or_build, search_callbacks)
 
     try:
         cpus, gpus = cluster_totals()
@@ -255,14 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         search=make_search(args.search, config.metric, config.mode),
         num_samples=args.num_samples, concurrency=plan.concurrency, storage=storage, name=name,
         trial_prefix=prefix, verbose=args.verbose,
-        callbacks=[] if args.verbose else [SearchProgress(name, total, config.metric, config.mode)],
         # with W&B, a fresh process per trial: a trial that re-initialised W&B in a reused
         # process lost its W&B service connection once in 4 CI runs
         reuse_actors=plan.mode == "inline" and not args.wandb))
     if restoring:
         print(f"search {name} restored from {experiment_dir} in {time.perf_counter() - started:.1f} s; its finished "
               f"trials are kept, the others run again from their checkpoints", flush=True)
-    grid = tuner.fit()
+    progress = None if args.verbose else {"name": name, "total": total, "metric": config.metric, "mode": config.mode}
+    with search_callbacks(progress):
+        grid = tuner.fit()
     seconds = time.perf_counter() - started
     from distributed.results import best_result, copy_best_reconstruction, write_outputs
 

@@ -8,12 +8,15 @@ interrupted half-way and resumed.
 One local Ray in this process (`--cpus` of them; default: all) runs, one after the other:
 1. trainyard: `tune.py --algorithm ALGORITHM --num-samples N --scheduler fifo` in-process, its
    data built once by the driver (the default);
-2. bare: a Ray Tune function trainable, 1 CPU per trial, as many at once, that spins for each
+2. bare: a Ray Tune function trainable, 1 CPU per trial, as many at once, that imports torch
+   (as any PyTorch trainable does, once per process: Tune reuses it) and spins for each
    trainyard trial's own measured work (its setup_seconds, then each iteration's
    iteration_seconds, reporting after each, the last one with the trial's final_seconds, its
-   held-out evaluation of the selected state) and does nothing else: no checkpoints, no files;
-   before its search the bare driver spins for the time one build of the shared data takes
-   (measured on the same config), the work tune.py's driver does once before its trials;
+   held-out evaluation of the selected state) and does nothing else: no checkpoints, no files
+   of its own; Tune runs it as it comes, writing its default result files (CSV, JSON and
+   TensorBoard); before its search the bare driver spins for the time one build of the shared
+   data takes (measured on the same config), the work tune.py's driver does once before its
+   trials; then the same bare search again without Tune's result files (reported beside);
 3. own data (`--own-data-trials`, 0 skips it): a search whose space varies a data key (the
    pattern seed, which the default pattern does not even read), so that every trial builds its
    own data: its setup_seconds beside those of 1.
@@ -26,7 +29,9 @@ quotes (about 0.14 s per trial per CPU for 10,000 one-second trials on 16 CPUs).
    reports the time to restore (the resumed command's start to its first new result, beside the
    first command's start to its first result: both include a Ray start) and checks that no trial
    finished before the interrupt ran again (its result file unchanged, no new trial folder).
-Memory: the peak of the whole process tree (summed RSS, and PSS), sampled every second, per phase.
+Memory: the peak of the whole process tree (summed RSS, and PSS), sampled every second, per phase;
+the driver's own CPU seconds per phase (with many CPUs, the driver's work per trial is what
+bounds trials per second).
 
 Writes benchmarks/results/tune_overhead.json (or --out) and prints a table.
 """
@@ -65,6 +70,7 @@ def spin(seconds: float) -> None:
 
 def bare_trial(config: dict, work: list) -> None:
     import ray.tune
+    import torch  # noqa: F401  (what a PyTorch trainable imports in its process, once: as ours do)
 
     setup, iterations, final = work[config["index"]]
     spin(setup)
@@ -101,16 +107,16 @@ def run_trainyard(args, storage: Path, name: str, extra: list[str]) -> tuple[dic
 
     sampler = MemorySampler()
     sampler.start()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     code = tune.main(["--algorithm", args.algorithm, "--num-samples", str(args.trials if not extra else 1),
                       "--scheduler", "fifo", "--storage", str(storage), "--name", name,
                       "--set", f"max_iterations={args.iterations}", "--set", "patience=0", *extra])
-    wall = time.perf_counter() - started
+    wall, driver_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     memory = sampler.stop()
     table = pd.read_csv(storage / name / "trials.csv")
     if code != 0 or not (table["status"] == "TERMINATED").all():
         raise SystemExit(f"the trainyard search {name} exited {code}: {table['status'].value_counts().to_dict()}")
-    return {"wall_seconds": wall, "memory": memory, "trials": len(table),
+    return {"wall_seconds": wall, "driver_cpu_seconds": round(driver_cpu, 2), "memory": memory, "trials": len(table),
             "setup_seconds": summary(list(table["setup_seconds"])),
             "shared_data": table["shared_data"].value_counts().to_dict() if "shared_data" in table else {}}, table
 
@@ -127,26 +133,37 @@ def shared_data_seconds(args) -> float:
     return time.perf_counter() - started
 
 
-def run_bare(args, storage: Path, work: list, concurrency: int, shared_build: float) -> dict:
+def run_bare(args, storage: Path, work: list, concurrency: int, shared_build: float, loggers: bool) -> dict:
+    """`loggers`: Tune as it comes, with the CSV, JSON and TensorBoard result files it writes by
+    default; else with none (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which tune.py sets in this
+    process for its own search, where it names its CSV and JSON loggers itself)."""
     from ray import tune
 
+    saved = {key: os.environ.pop(key, None) for key in ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS",)}
+    if not loggers:
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     sampler = MemorySampler()
     sampler.start()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     spin(shared_build)  # the driver's build of the shared data, as tune.py does before its trials
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(bare_trial, work=work), {"CPU": 1}),
         param_space={"index": tune.grid_search(list(range(len(work))))},
         tune_config=tune.TuneConfig(metric="metric", mode="max", max_concurrent_trials=concurrency,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name="bare", storage_path=str(storage), verbose=0))
+        run_config=tune.RunConfig(name="bare" if loggers else "bare-no-loggers", storage_path=str(storage),
+                                  verbose=0))
     grid = tuner.fit()
-    wall = time.perf_counter() - started
+    wall, driver_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     memory = sampler.stop()
+    for key, value in saved.items():
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
     errors = sum(1 for result in grid if result.error)
     if errors:
         raise SystemExit(f"{errors} bare trials failed")
-    return {"wall_seconds": wall, "memory": memory, "trials": len(grid)}
+    return {"wall_seconds": wall, "driver_cpu_seconds": round(driver_cpu, 2), "memory": memory, "trials": len(grid)}
 
 
 # ----- resume ----------------------------------------------------------------------------------
@@ -268,6 +285,7 @@ def main() -> int:
     ray.init(num_cpus=args.cpus, include_dashboard=None, dashboard_host="127.0.0.1", log_to_driver=False,
              logging_level=logging.WARNING)
     cpus = ray.cluster_resources()["CPU"]
+    import ray.tune  # noqa: F401  (both drivers import Tune: outside both timings, as Ray's start is)
     with tempfile.TemporaryDirectory(prefix="tune-overhead-") as folder:
         storage = Path(folder)
         trainyard, table = run_trainyard(args, storage, "trainyard", [])
@@ -275,7 +293,8 @@ def main() -> int:
         work_seconds = sum(setup + sum(iterations) + final for setup, iterations, final in work)
         concurrency = int(min(cpus, args.trials))
         shared_build = shared_data_seconds(args)
-        bare = run_bare(args, storage, work, concurrency, shared_build)
+        bare = run_bare(args, storage, work, concurrency, shared_build, loggers=True)
+        bare_quiet = run_bare(args, storage, work, concurrency, shared_build, loggers=False)
         own = None
         if args.own_data_trials:
             own_result, _ = run_trainyard(args, storage, "own-data", [
@@ -286,8 +305,8 @@ def main() -> int:
         resume = run_resume(args, storage) if args.interrupt_at else None
 
     ideal = shared_build + work_seconds / cpus
-    for side, wall in (("trainyard", trainyard["wall_seconds"]), ("bare", bare["wall_seconds"])):
-        entry = trainyard if side == "trainyard" else bare
+    for entry in (trainyard, bare, bare_quiet):
+        wall = entry["wall_seconds"]
         entry["trials_per_minute"] = round(args.trials / wall * 60, 1)
         entry["overhead_per_trial_seconds"] = round(per_trial_overhead(wall, ideal, cpus, args.trials), 4)
         entry["wall_seconds"] = round(wall, 2)
@@ -305,7 +324,9 @@ def main() -> int:
         "ideal_wall_seconds": round(ideal, 2),
         "trainyard": trainyard,
         "bare": bare,
+        "bare_without_loggers": bare_quiet,
         "wall_ratio": round(trainyard["wall_seconds"] / bare["wall_seconds"], 3),
+        "wall_ratio_to_bare_without_loggers": round(trainyard["wall_seconds"] / bare_quiet["wall_seconds"], 3),
         "overhead_per_trial_over_bare_seconds": round(
             (trainyard["wall_seconds"] - bare["wall_seconds"]) * cpus / args.trials, 4),
         "own_data": own,
@@ -325,15 +346,17 @@ def print_table(result: dict) -> None:
     table = Table(title=f"{settings['trials']} trials of {settings['algorithm']} x {settings['iterations']} "
                         f"iterations on {result['machine']['ray_cpus']:g} CPUs "
                         f"(trainer work {result['trainer_work_seconds_per_trial']['median']:.3f} s per trial)")
-    for column in ("", "wall s", "trials/min", "overhead s/trial", "peak RSS MB", "peak PSS MB"):
+    for column in ("", "wall s", "trials/min", "overhead s/trial", "driver CPU s", "peak RSS MB", "peak PSS MB"):
         table.add_column(column)
-    for side in ("trainyard", "bare"):
+    for side in ("trainyard", "bare", "bare_without_loggers"):
         entry = result[side]
-        table.add_row(side, f"{entry['wall_seconds']:.1f}", f"{entry['trials_per_minute']:.1f}",
-                      f"{entry['overhead_per_trial_seconds']:.3f}", f"{entry['memory']['rss_mb']:.0f}",
+        table.add_row(side.replace("_", " "), f"{entry['wall_seconds']:.1f}", f"{entry['trials_per_minute']:.1f}",
+                      f"{entry['overhead_per_trial_seconds']:.3f}", f"{entry['driver_cpu_seconds']:.1f}",
+                      f"{entry['memory']['rss_mb']:.0f}",
                       f"{entry['memory']['pss_mb']:.0f}")
     Console(width=120).print(table)
-    print(f"wall ratio trainyard / bare: {result['wall_ratio']:.3f}; trainyard's extra per trial: "
+    print(f"wall ratio trainyard / bare: {result['wall_ratio']:.3f} (bare without loggers: "
+          f"{result['wall_ratio_to_bare_without_loggers']:.3f}); trainyard's extra per trial: "
           f"{result['overhead_per_trial_over_bare_seconds']:.3f} s")
     print(f"setup_seconds median: {result['trainyard']['setup_seconds']['median']:.3f} s (shared data)"
           + (f", {result['own_data']['setup_seconds']['median']:.3f} s (each trial its own)" if result["own_data"] else ""))

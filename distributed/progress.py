@@ -7,6 +7,8 @@ calls `SearchProgress` in the driver on every trial result.
 """
 from __future__ import annotations
 
+import json
+import os
 import threading
 from typing import Any
 
@@ -114,3 +116,15 @@ class SearchProgress(tune.Callback):
     def on_experiment_end(self, trials, **info) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+PROGRESS_ENV = "TRAINYARD_SEARCH_PROGRESS"
+
+
+class EnvironmentSearchProgress(SearchProgress):
+    """The SearchProgress that Tune makes itself, without arguments, from a class path in its
+    callbacks variable (distributed.tune.search_callbacks): its settings are read from
+    TRAINYARD_SEARCH_PROGRESS (JSON: name, total, metric, mode)."""
+
+    def __init__(self):
+        super().__init__(**json.loads(os.environ[PROGRESS_ENV]))

@@ -11,8 +11,11 @@ driver and put into Ray's object store; each trial fetches it instead of buildin
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,19 +186,52 @@ def trial_namer(prefix: str):
     return name
 
 
+# Tune's CSV and JSON result files, named here because tune.py turns Tune's automatic loggers off
+# (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS) to leave out its TensorBoard one: each trial writes its own
+# scalars, in parallel, instead of the driver writing all of them in turn
+RESULT_LOGGERS = (CSVLoggerCallback, JsonLoggerCallback)
+# Tune records which callbacks a search was given in RunConfig (usage telemetry) by importing its
+# W&B, MLflow, Comet and Aim integrations, W&B and MLflow themselves with them: 2-4 s of the
+# driver's time before the first trial on 2 cores. The callbacks it makes from the class paths in
+# this variable (without arguments) join after that check.
+CALLBACKS_ENV = "RAY_TUNE_CALLBACKS"
+
+
+@contextmanager
+def search_callbacks(progress: dict[str, Any] | None):
+    """While a search runs: Tune's CSV and JSON loggers and, given its settings (name, total,
+    metric, mode), the one-line progress, handed to Tune through its environment variable after
+    any callbacks a user named there; the environment as it was afterwards, so that no later
+    search in this process inherits them."""
+    from distributed.progress import PROGRESS_ENV, EnvironmentSearchProgress
+
+    classes = [*RESULT_LOGGERS, *([EnvironmentSearchProgress] if progress else [])]
+    users = [path for path in os.environ.get(CALLBACKS_ENV, "").split(",") if path.strip()]
+    settings = {CALLBACKS_ENV: ",".join([*users, *(f"{c.__module__}.{c.__qualname__}" for c in classes)]),
+                PROGRESS_ENV: json.dumps(progress) if progress else None}
+    saved = {key: os.environ.get(key) for key in settings}
+    for key, value in settings.items():
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None)
+            if value is not None:
+                os.environ[key] = value
+
+
 def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, scheduler, search,
                 num_samples: int, concurrency: int, storage: Path, name: str, trial_prefix: str = "trial",
-                reuse_actors: bool = False, max_failures: int = 1, callbacks: list[Any] | None = None,
-                verbose: bool = True) -> tune.Tuner:
+                reuse_actors: bool = False, max_failures: int = 1, verbose: bool = True) -> tune.Tuner:
+    """The search; run its `fit()` inside `search_callbacks` (its loggers and progress line)."""
     # W&B: every trial logs its own W&B run from inside the trial (RunLogger), in the group
     # tune.py sets (WANDB_RUN_GROUP). Ray's WandbLoggerCallback is not used: it would log every
     # trial a second time, and it hands WANDB_API_KEY to its actor through a runtime_env, which
     # Ray writes in plain text to runtime_env_agent.log.
     namer = trial_namer(trial_prefix)
-    # Tune's CSV and JSON result files, named here because tune.py turns Tune's automatic loggers
-    # off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS) to leave out its TensorBoard one: each trial
-    # writes its own scalars, in parallel, instead of the driver writing all of them in turn
-    loggers = [CSVLoggerCallback(), JsonLoggerCallback()]
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -205,7 +241,7 @@ def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, sch
                                     # torch-geometric already imported) instead of starting one
                                     reuse_actors=reuse_actors,
                                     trial_name_creator=namer, trial_dirname_creator=namer),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[*(callbacks or []), *loggers],
+        run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                   failure_config=tune.FailureConfig(max_failures=max_failures),
                                   verbose=2 if verbose else 0,
                                   # a trial's files are written on the node that ran it: copied

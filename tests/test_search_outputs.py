@@ -81,3 +81,31 @@ def test_trials_draw_their_own_figures_only_in_small_searches_unless_asked():
     assert trial_figures("auto", MopieConfig(figures=True), 1000)
     assert not trial_figures("auto", MopieConfig(figures=False), 2)
     assert trial_figures("on", MopieConfig(figures=False), 1000) and not trial_figures("off", default, 1)
+
+
+def test_a_search_hands_its_callbacks_to_tune_only_while_it_runs(monkeypatch):
+    """Tune makes the callbacks named in RAY_TUNE_CALLBACKS itself (after its telemetry import
+    of the W&B/MLflow integrations): ours join a user's there during the search, and the
+    environment is as it was afterwards, after an error too."""
+    import pytest
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.utils.callback import _initialize_env_callbacks
+
+    from distributed.progress import PROGRESS_ENV, EnvironmentSearchProgress
+    from distributed.tune import CALLBACKS_ENV, search_callbacks
+
+    monkeypatch.setenv(CALLBACKS_ENV, "ray.tune.logger.CSVLoggerCallback")  # a user's own
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    settings = {"name": "search", "total": 7, "metric": "val_loss", "mode": "min"}
+    with search_callbacks(settings):
+        made = _initialize_env_callbacks()
+    assert [type(c) for c in made] == [CSVLoggerCallback, CSVLoggerCallback, JsonLoggerCallback,
+                                       EnvironmentSearchProgress]
+    progress = made[-1]
+    assert (progress.name, progress.total, progress.metric, progress.mode) == ("search", 7, "val_loss", "min")
+    with pytest.raises(RuntimeError), search_callbacks(None):
+        assert len(_initialize_env_callbacks()) == 3  # --verbose: the loggers, no progress line
+        raise RuntimeError("the search failed")
+    import os
+
+    assert os.environ[CALLBACKS_ENV] == "ray.tune.logger.CSVLoggerCallback" and PROGRESS_ENV not in os.environ
