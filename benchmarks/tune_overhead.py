@@ -128,12 +128,14 @@ def shared_data_seconds(args) -> float:
 
     spec = get_algorithm(args.algorithm)
     config = spec.config_class(max_iterations=args.iterations, patience=0)
+    trainer_class = spec.trainer_class()
     started = time.perf_counter()
-    spec.trainer_class().build_shared_data(config)
+    trainer_class.build_shared_data(config)
     return time.perf_counter() - started
 
 
-def run_bare(args, storage: Path, work: list, concurrency: int, shared_build: float, loggers: bool) -> dict:
+def run_bare(args, storage: Path, work: list, concurrency: int, shared_build: float, name: str,
+             loggers: bool) -> dict:
     """`loggers`: Tune as it comes, with the CSV, JSON and TensorBoard result files it writes by
     default; else with none (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS, which tune.py sets in this
     process for its own search, where it names its CSV and JSON loggers itself)."""
@@ -151,8 +153,7 @@ def run_bare(args, storage: Path, work: list, concurrency: int, shared_build: fl
         param_space={"index": tune.grid_search(list(range(len(work))))},
         tune_config=tune.TuneConfig(metric="metric", mode="max", max_concurrent_trials=concurrency,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name="bare" if loggers else "bare-no-loggers", storage_path=str(storage),
-                                  verbose=0))
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0))
     grid = tuner.fit()
     wall, driver_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     memory = sampler.stop()
@@ -259,6 +260,31 @@ def per_trial_overhead(wall: float, ideal: float, cpus: float, trials: int) -> f
     return (wall - ideal) * cpus / trials
 
 
+def side_by_side(args, cpus: float, shared_build: float, work: list, trainyard: dict, bare: dict,
+                 bare_quiet: dict) -> dict:
+    """One repeat: the three searches' figures against the ideal (the shared data built, then
+    every CPU busy with this repeat's trainer work) and trainyard's wall over each bare one's."""
+    work_seconds = sum(setup + sum(iterations) + final for setup, iterations, final in work)
+    ideal = shared_build + work_seconds / cpus
+    for entry in (trainyard, bare, bare_quiet):
+        wall = entry["wall_seconds"]
+        entry["trials_per_minute"] = round(args.trials / wall * 60, 1)
+        entry["overhead_per_trial_seconds"] = round(per_trial_overhead(wall, ideal, cpus, args.trials), 4)
+        entry["wall_seconds"] = round(wall, 2)
+    return {
+        "trainer_work_seconds_total": round(work_seconds, 2),
+        "trainer_work_seconds_per_trial": summary([s + sum(i) + f for s, i, f in work]),
+        "ideal_wall_seconds": round(ideal, 2),
+        "trainyard": trainyard,
+        "bare": bare,
+        "bare_without_loggers": bare_quiet,
+        "wall_ratio": round(trainyard["wall_seconds"] / bare["wall_seconds"], 3),
+        "wall_ratio_to_bare_without_loggers": round(trainyard["wall_seconds"] / bare_quiet["wall_seconds"], 3),
+        "overhead_per_trial_over_bare_seconds": round(
+            (trainyard["wall_seconds"] - bare["wall_seconds"]) * cpus / args.trials, 4),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
@@ -269,10 +295,12 @@ def main() -> int:
                         help="trials of the search where each builds its own data (0: skip)")
     parser.add_argument("--interrupt-at", type=float, default=0.5,
                         help="fraction of the trials finished when the resume phase interrupts (0: skip)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="trainyard / bare / bare-without-loggers rounds, one after the other; the median is quoted")
     parser.add_argument("--out", default=str(RESULTS / "tune_overhead.json"))
     args = parser.parse_args()
-    if args.trials < 1 or args.iterations < 1 or not 0 <= args.interrupt_at < 1:
-        parser.error("--trials and --iterations must be >= 1, --interrupt-at in [0, 1)")
+    if args.trials < 1 or args.iterations < 1 or args.repeats < 1 or not 0 <= args.interrupt_at < 1:
+        parser.error("--trials, --iterations and --repeats must be >= 1, --interrupt-at in [0, 1)")
 
     import logging
 
@@ -286,15 +314,19 @@ def main() -> int:
              logging_level=logging.WARNING)
     cpus = ray.cluster_resources()["CPU"]
     import ray.tune  # noqa: F401  (both drivers import Tune: outside both timings, as Ray's start is)
+    concurrency = int(min(cpus, args.trials))
+    shared_build = shared_data_seconds(args)
+    repeats = []
     with tempfile.TemporaryDirectory(prefix="tune-overhead-") as folder:
         storage = Path(folder)
-        trainyard, table = run_trainyard(args, storage, "trainyard", [])
-        work = trial_work(table)
-        work_seconds = sum(setup + sum(iterations) + final for setup, iterations, final in work)
-        concurrency = int(min(cpus, args.trials))
-        shared_build = shared_data_seconds(args)
-        bare = run_bare(args, storage, work, concurrency, shared_build, loggers=True)
-        bare_quiet = run_bare(args, storage, work, concurrency, shared_build, loggers=False)
+        for repeat in range(args.repeats):
+            trainyard, table = run_trainyard(args, storage, f"trainyard-{repeat}", [])
+            work = trial_work(table)
+            bare = run_bare(args, storage, work, concurrency, shared_build, f"bare-{repeat}", loggers=True)
+            bare_quiet = run_bare(args, storage, work, concurrency, shared_build, f"bare-no-loggers-{repeat}",
+                                  loggers=False)
+            repeats.append(side_by_side(args, cpus, shared_build, work, trainyard, bare, bare_quiet))
+            print(f"repeat {repeat + 1}/{args.repeats}: wall ratio {repeats[-1]['wall_ratio']:.3f}", flush=True)
         own = None
         if args.own_data_trials:
             own_result, _ = run_trainyard(args, storage, "own-data", [
@@ -304,12 +336,8 @@ def main() -> int:
         ray.shutdown()
         resume = run_resume(args, storage) if args.interrupt_at else None
 
-    ideal = shared_build + work_seconds / cpus
-    for entry in (trainyard, bare, bare_quiet):
-        wall = entry["wall_seconds"]
-        entry["trials_per_minute"] = round(args.trials / wall * 60, 1)
-        entry["overhead_per_trial_seconds"] = round(per_trial_overhead(wall, ideal, cpus, args.trials), 4)
-        entry["wall_seconds"] = round(wall, 2)
+    ratios = [entry["wall_ratio"] for entry in repeats]
+    typical = sorted(repeats, key=lambda entry: entry["wall_ratio"])[(len(repeats) - 1) // 2]
     result = {
         "benchmark": "tune_overhead",
         "machine": machine(cpus),
@@ -317,18 +345,16 @@ def main() -> int:
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "ray": ray.__version__, "torch": torch.__version__,
         "settings": {"algorithm": args.algorithm, "trials": args.trials, "iterations": args.iterations,
-                     "scheduler": "fifo", "concurrency": concurrency},
-        "trainer_work_seconds_total": round(work_seconds, 2),
+                     "scheduler": "fifo", "concurrency": concurrency, "repeats": args.repeats},
         "shared_data_build_seconds": round(shared_build, 3),
-        "trainer_work_seconds_per_trial": summary([s + sum(i) + f for s, i, f in work]),
-        "ideal_wall_seconds": round(ideal, 2),
-        "trainyard": trainyard,
-        "bare": bare,
-        "bare_without_loggers": bare_quiet,
-        "wall_ratio": round(trainyard["wall_seconds"] / bare["wall_seconds"], 3),
-        "wall_ratio_to_bare_without_loggers": round(trainyard["wall_seconds"] / bare_quiet["wall_seconds"], 3),
-        "overhead_per_trial_over_bare_seconds": round(
-            (trainyard["wall_seconds"] - bare["wall_seconds"]) * cpus / args.trials, 4),
+        "wall_ratio_median": round(statistics.median(ratios), 3),
+        "wall_ratio_range": [min(ratios), max(ratios)],
+        "wall_ratio_to_bare_without_loggers_median": round(
+            statistics.median(entry["wall_ratio_to_bare_without_loggers"] for entry in repeats), 3),
+        # the repeat whose ratio is the median (the lower middle one of an even count), in full
+        "median_repeat": repeats.index(typical) + 1,
+        **typical,
+        "repeats": repeats,
         "own_data": own,
         "resume": resume,
     }
@@ -344,7 +370,8 @@ def print_table(result: dict) -> None:
 
     settings = result["settings"]
     table = Table(title=f"{settings['trials']} trials of {settings['algorithm']} x {settings['iterations']} "
-                        f"iterations on {result['machine']['ray_cpus']:g} CPUs "
+                        f"iterations on {result['machine']['ray_cpus']:g} CPUs, the median of "
+                        f"{settings['repeats']} repeats (repeat {result['median_repeat']}) "
                         f"(trainer work {result['trainer_work_seconds_per_trial']['median']:.3f} s per trial)")
     for column in ("", "wall s", "trials/min", "overhead s/trial", "driver CPU s", "peak RSS MB", "peak PSS MB"):
         table.add_column(column)
@@ -355,7 +382,10 @@ def print_table(result: dict) -> None:
                       f"{entry['memory']['rss_mb']:.0f}",
                       f"{entry['memory']['pss_mb']:.0f}")
     Console(width=120).print(table)
-    print(f"wall ratio trainyard / bare: {result['wall_ratio']:.3f} (bare without loggers: "
+    each = ", ".join(f"{entry['wall_ratio']:.3f}" for entry in result["repeats"])
+    print(f"wall ratio trainyard / bare, median of the repeats: {result['wall_ratio_median']:.3f} (each: {each}); "
+          f"against bare without loggers: {result['wall_ratio_to_bare_without_loggers_median']:.3f}")
+    print(f"this repeat: wall ratio trainyard / bare: {result['wall_ratio']:.3f} (bare without loggers: "
           f"{result['wall_ratio_to_bare_without_loggers']:.3f}); trainyard's extra per trial: "
           f"{result['overhead_per_trial_over_bare_seconds']:.3f} s")
     print(f"setup_seconds median: {result['trainyard']['setup_seconds']['median']:.3f} s (shared data)"

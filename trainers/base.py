@@ -129,6 +129,23 @@ class StepSize(torch.optim.Optimizer):
     def __init__(self, lr: float):
         super().__init__([torch.zeros(0)], {"lr": lr})
 
+    # torch wraps these four Optimizer methods to keep torch.compile out of them, and the wrapper's
+    # first call imports torch._dynamo: about 4 s of a process's first run on 2 cores, for a step
+    # size that optimises nothing. Plain versions of the little they do here:
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self.param_groups.append({**self.defaults, **param_group, "params": list(param_group["params"])})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": {}, "param_groups": [{k: v for k, v in group.items() if k != "params"}
+                                              for group in self.param_groups]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for group, saved in zip(self.param_groups, state_dict["param_groups"]):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        return None
+
     @torch.no_grad()
     def step(self, closure=None):
         return None
