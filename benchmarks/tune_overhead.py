@@ -3,7 +3,7 @@ function trainable that spins for the same trainer time per trial, then the same
 interrupted half-way and resumed.
 
     python benchmarks/tune_overhead.py [--trials 200] [--cpus N] [--algorithm mopie]
-        [--iterations 3] [--interrupt-at 0.5] [--own-data-trials 20] [--out PATH]
+        [--iterations 3] [--interrupt-at 0.5] [--own-data-trials 20] [--set KEY=VALUE ...] [--out PATH]
 
 One local Ray in this process (`--cpus` of them; default: all) runs, one after the other:
 1. trainyard: `tune.py --algorithm ALGORITHM --num-samples N --scheduler fifo` in-process, its
@@ -113,7 +113,8 @@ def run_trainyard(args, storage: Path, name: str, extra: list[str]) -> tuple[dic
     started, cpu_started = time.perf_counter(), time.process_time()
     code = tune.main(["--algorithm", args.algorithm, "--num-samples", str(args.trials if not extra else 1),
                       "--scheduler", "fifo", "--storage", str(storage), "--name", name,
-                      "--set", f"max_iterations={args.iterations}", "--set", "patience=0", *extra])
+                      "--set", f"max_iterations={args.iterations}", "--set", "patience=0",
+                      *[item for setting in args.set for item in ("--set", setting)], *extra])
     wall, driver_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     memory = sampler.stop()
     table = pd.read_csv(storage / name / "trials.csv")
@@ -127,10 +128,11 @@ def run_trainyard(args, storage: Path, name: str, extra: list[str]) -> tuple[dic
 def shared_data_seconds(args) -> float:
     """What building the search's shared data once takes (tune.py does it in the driver before
     the trials start, instead of in every trial's setup): measured here on the same config."""
+    from trainers.config import overrides_from_sets
     from trainers.registry import get_algorithm
 
     spec = get_algorithm(args.algorithm)
-    config = spec.config_class(max_iterations=args.iterations, patience=0)
+    config = spec.config_class(max_iterations=args.iterations, patience=0, **overrides_from_sets(args.set))
     trainer_class = spec.trainer_class()
     started = time.perf_counter()
     trainer_class.build_shared_data(config)
@@ -144,26 +146,22 @@ def run_bare(args, storage: Path, work: list, concurrency: int, shared_build: fl
     process for its own search, where it names its CSV and JSON loggers itself)."""
     from ray import tune
 
-    saved = {key: os.environ.pop(key, None) for key in ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS",)}
-    if not loggers:
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    from distributed.tune import environment
+
     sampler = MemorySampler()
-    sampler.start()
-    started, cpu_started = time.perf_counter(), time.process_time()
-    spin(shared_build)  # the driver's build of the shared data, as tune.py does before its trials
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(bare_trial, work=work), {"CPU": 1}),
-        param_space={"index": tune.grid_search(list(range(len(work))))},
-        tune_config=tune.TuneConfig(metric="metric", mode="max", max_concurrent_trials=concurrency,
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0))
-    grid = tuner.fit()
-    wall, driver_cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    memory = sampler.stop()
-    for key, value in saved.items():
-        os.environ.pop(key, None)
-        if value is not None:
-            os.environ[key] = value
+    with environment({"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": None if loggers else "1"}):
+        sampler.start()
+        started, cpu_started = time.perf_counter(), time.process_time()
+        spin(shared_build)  # the driver's build of the shared data, as tune.py does before its trials
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(bare_trial, work=work), {"CPU": 1}),
+            param_space={"index": tune.grid_search(list(range(len(work))))},
+            tune_config=tune.TuneConfig(metric="metric", mode="max", max_concurrent_trials=concurrency,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0))
+        grid = tuner.fit()
+        wall, driver_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        memory = sampler.stop()
     errors = sum(1 for result in grid if result.error)
     if errors:
         raise SystemExit(f"{errors} bare trials failed")
@@ -194,6 +192,7 @@ def command(args, storage: Path, name: str, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "tune.py"), "--algorithm", args.algorithm, "--num-samples", str(args.trials),
             "--scheduler", "fifo", "--storage", str(storage), "--name", name, "--set",
             f"max_iterations={args.iterations}", "--set", "patience=0",
+            *[item for setting in args.set for item in ("--set", setting)],
             *(["--max-concurrent", str(args.cpus)] if args.cpus else []), *extra]
 
 
@@ -317,6 +316,9 @@ def main() -> int:
                         help="fraction of the trials finished when the resume phase interrupts (0: skip)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="trainyard / bare / bare-without-loggers rounds, one after the other; the median is quoted")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value of every trial, as tune.py --set (e.g. a smaller problem, so that "
+                             "Tune's own work per trial dominates on few cores)")
     parser.add_argument("--out", default=str(RESULTS / "tune_overhead.json"))
     args = parser.parse_args()
     if args.trials < 1 or args.iterations < 1 or args.repeats < 1 or not 0 <= args.interrupt_at < 1:
@@ -366,6 +368,7 @@ def main() -> int:
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "ray": ray.__version__, "torch": torch.__version__,
         "settings": {"algorithm": args.algorithm, "trials": args.trials, "iterations": args.iterations,
+                     "set": args.set,
                      "scheduler": "fifo", "concurrency": concurrency, "repeats": args.repeats},
         "shared_data_build_seconds": round(shared_build, 3),
         "wall_ratio_median": round(statistics.median(ratios), 3),

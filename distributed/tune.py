@@ -209,18 +209,26 @@ def search_callbacks(progress: dict[str, Any] | None):
     users = [path for path in os.environ.get(CALLBACKS_ENV, "").split(",") if path.strip()]
     settings = {CALLBACKS_ENV: ",".join([*users, *(f"{c.__module__}.{c.__qualname__}" for c in classes)]),
                 PROGRESS_ENV: json.dumps(progress) if progress else None}
-    saved = {key: os.environ.get(key) for key in settings}
-    for key, value in settings.items():
-        os.environ.pop(key, None)
-        if value is not None:
-            os.environ[key] = value
-    try:
+    with environment(settings):
         yield
-    finally:
-        for key, value in saved.items():
+
+
+@contextmanager
+def environment(settings: dict[str, str | None]):
+    """These environment variables set (None: unset) while the block runs; each as it was after."""
+    saved = {key: os.environ.get(key) for key in settings}
+
+    def apply(values: dict[str, str | None]) -> None:
+        for key, value in values.items():
             os.environ.pop(key, None)
             if value is not None:
                 os.environ[key] = value
+
+    apply(settings)
+    try:
+        yield
+    finally:
+        apply(saved)
 
 
 def build_tuner(trainable, space: dict[str, Any], *, metric: str, mode: str, scheduler, search,

@@ -93,6 +93,17 @@ def test_early_stopping_and_best_state_restored():
     assert torch.equal(trainer.model.weight.detach(), best_weights)
 
 
+def test_the_final_report_names_the_selected_iteration_without_copying_its_metrics():
+    scripted = [5.0, 3.0, 2.0, 2.5, 2.6]
+    _, result, context = run_line(max_iterations=5, scripted=scripted)
+    final = context.reports[-1]
+    assert final["best_val_loss"] == 2.0 and final["best_iteration"] == 3
+    # the selected iteration's other numbers are its own report, not repeated as best_*
+    assert not [key for key in final if key.startswith("best_") and key not in ("best_val_loss", "best_iteration")]
+    selected = context.reports[final["best_iteration"] - 1]
+    assert selected["val_loss"] == 2.0 and selected["loss"] == result.best_metrics["loss"]
+
+
 def test_hook_can_stop_the_loop():
     class StopAtFour(LineTrainer):
         def on_iteration_end(self, iteration, metrics):
