@@ -128,7 +128,7 @@ def put_shared_data(spec: AlgorithmSpec, config, space: dict[str, Any]) -> tuple
             f"data built once for every trial ({time.perf_counter() - started:.1f} s, in Ray's object store)")
 
 
-def train_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
+def run_train_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
                 workers: WorkerPlan, storage: str, use_wandb: bool, mlflow: dict[str, str] | None,
                 shared_data: SharedDataRef | None = None) -> None:
     """A Tune trial that launches a TorchTrainer (Tune over Train, the Ray 2.60 way)."""
@@ -145,7 +145,7 @@ def train_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: di
     trainer.fit()
 
 
-def inline_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
+def run_inline_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
                  use_wandb: bool, mlflow: dict[str, str] | None, shared_data: SharedDataRef | None = None) -> None:
     tune_trial({"algorithm": algorithm, "base_config": base_config, "params": trial_config,
                 "use_wandb": use_wandb, "mlflow": trial_mlflow_run(mlflow, {**base_config, **trial_config}),
@@ -166,7 +166,10 @@ def trial_mlflow_run(settings: dict[str, str] | None, config: dict[str, Any]) ->
 def build_trainable(plan: TrialPlan, spec: AlgorithmSpec, base_config: dict[str, Any], storage: Path,
                     use_wandb: bool, mlflow: dict[str, str] | None = None, shared_data: SharedDataRef | None = None):
     """The trial function with its fixed arguments; `spec.reference` is what the trial resolves
-    the algorithm from again (a registered name, or package.module:Class)."""
+    the algorithm from again (a registered name, or package.module:Class). The functions are
+    distributed.trials', which import this module only when a trial runs."""
+    from distributed.trials import inline_trial, train_trial
+
     if plan.mode == "inline":
         function = tune.with_parameters(inline_trial, algorithm=spec.reference, base_config=base_config,
                                         use_wandb=use_wandb, mlflow=mlflow, shared_data=shared_data)

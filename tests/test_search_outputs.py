@@ -109,3 +109,30 @@ def test_a_search_hands_its_callbacks_to_tune_only_while_it_runs(monkeypatch):
     import os
 
     assert os.environ[CALLBACKS_ENV] == "ray.tune.logger.CSVLoggerCallback" and PROGRESS_ENV not in os.environ
+
+
+def test_a_trials_function_unpickles_without_the_trainers_imports(tmp_path):
+    """Tune's actor for a trial unpickles the trial's function when it starts, importing its
+    module; a heavy one made 16 starting actors so slow that Tune cancelled most of them in a
+    search of short trials. Unpickled in a fresh interpreter, the search's trainable brings in
+    neither torch nor the trainers: what it imports is Ray Tune's own (pandas and pydantic with
+    it), as a bare Tune function does."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import ray.cloudpickle
+
+    from distributed.tune import TrialPlan, build_trainable
+    from trainers.registry import get_algorithm
+
+    spec = get_algorithm("mopie")
+    plan = TrialPlan(mode="inline", concurrency=2, trial_resources={"CPU": 1.0}, workers=None)
+    trainable = build_trainable(plan, spec, spec.config_class().model_dump(), tmp_path, False)
+    pickled = tmp_path / "trainable.pkl"
+    pickled.write_bytes(ray.cloudpickle.dumps(trainable))
+    probe = (f"import pickle, sys; pickle.loads(open({str(pickled)!r}, 'rb').read()); "
+             "print(sorted(m for m in ('torch', 'trainers', 'distributed.tune', 'distributed.worker') if m in sys.modules))")
+    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parents[1]).stdout.strip().splitlines()[-1]
+    assert imported == "[]"
