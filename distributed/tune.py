@@ -129,8 +129,8 @@ def put_shared_data(spec: AlgorithmSpec, config, space: dict[str, Any]) -> tuple
 
 
 def run_train_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
-                workers: WorkerPlan, storage: str, use_wandb: bool, mlflow: dict[str, str] | None,
-                shared_data: SharedDataRef | None = None) -> None:
+                    workers: WorkerPlan, storage: str, use_wandb: bool, mlflow: dict[str, str] | None,
+                    shared_data: SharedDataRef | None = None) -> None:
     """A Tune trial that launches a TorchTrainer (Tune over Train, the Ray 2.60 way)."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -146,7 +146,8 @@ def run_train_trial(trial_config: dict[str, Any], *, algorithm: str, base_config
 
 
 def run_inline_trial(trial_config: dict[str, Any], *, algorithm: str, base_config: dict[str, Any],
-                 use_wandb: bool, mlflow: dict[str, str] | None, shared_data: SharedDataRef | None = None) -> None:
+                     use_wandb: bool, mlflow: dict[str, str] | None,
+                     shared_data: SharedDataRef | None = None) -> None:
     tune_trial({"algorithm": algorithm, "base_config": base_config, "params": trial_config,
                 "use_wandb": use_wandb, "mlflow": trial_mlflow_run(mlflow, {**base_config, **trial_config}),
                 "shared_data": shared_data})
@@ -166,8 +167,8 @@ def trial_mlflow_run(settings: dict[str, str] | None, config: dict[str, Any]) ->
 def build_trainable(plan: TrialPlan, spec: AlgorithmSpec, base_config: dict[str, Any], storage: Path,
                     use_wandb: bool, mlflow: dict[str, str] | None = None, shared_data: SharedDataRef | None = None):
     """The trial function with its fixed arguments; `spec.reference` is what the trial resolves
-    the algorithm from again (a registered name, or package.module:Class). The functions are
-    distributed.trials', which import this module only when a trial runs."""
+    the algorithm from again (a registered name, or package.module:Class). The trial functions
+    come from distributed.trials, which imports this module only when a trial runs."""
     from distributed.trials import inline_trial, train_trial
 
     if plan.mode == "inline":

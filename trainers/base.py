@@ -461,7 +461,7 @@ class Trainer(abc.ABC):
             # the selected iteration's value of the selection metric alone: its other metrics are
             # that iteration's report (best_iteration says which), and every numeric key of a
             # report costs a search's driver a running statistic per trial, serialised into the
-            # experiment state (a copy of every metric was about a tenth of a small search's time)
+            # experiment state (a copy of every metric cost a few per cent of a search of short trials)
             **({f"best_{self.config.metric}": self.best_metrics[self.config.metric]} if self.best_metrics else {}),
             **final,
             "best_iteration": self.early_stopping.best_iteration + 1,
