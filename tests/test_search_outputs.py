@@ -111,28 +111,32 @@ def test_a_search_hands_its_callbacks_to_tune_only_while_it_runs(monkeypatch):
     assert os.environ[CALLBACKS_ENV] == "ray.tune.logger.CSVLoggerCallback" and PROGRESS_ENV not in os.environ
 
 
-def test_a_trials_function_unpickles_without_the_trainers_imports(tmp_path):
+def test_a_trials_function_unpickles_without_the_trainers_imports():
     """Tune's actor for a trial unpickles the trial's function when it starts, importing its
     module; a heavy one made 16 starting actors so slow that Tune cancelled most of them in a
-    search of short trials. Unpickled in a fresh interpreter, the search's trainable brings in
-    neither torch nor the trainers: what it imports is Ray Tune's own (pandas and pydantic with
-    it), as a bare Tune function does."""
+    search of short trials. The search's trainable wraps distributed.trials' function, and that
+    function, unpickled in a fresh interpreter, brings in neither torch nor the trainers."""
+    import inspect
     import subprocess
     import sys
     from pathlib import Path
 
     import ray.cloudpickle
 
+    from distributed import trials
     from distributed.tune import TrialPlan, build_trainable
     from trainers.registry import get_algorithm
 
     spec = get_algorithm("mopie")
-    plan = TrialPlan(mode="inline", concurrency=2, trial_resources={"CPU": 1.0}, workers=None)
-    trainable = build_trainable(plan, spec, spec.config_class().model_dump(), tmp_path, False)
-    pickled = tmp_path / "trainable.pkl"
-    pickled.write_bytes(ray.cloudpickle.dumps(trainable))
-    probe = (f"import pickle, sys; pickle.loads(open({str(pickled)!r}, 'rb').read()); "
+    for mode, expected in (("inline", trials.inline_trial), ("train", trials.train_trial)):
+        plan = TrialPlan(mode=mode, concurrency=2, trial_resources={"CPU": 1.0}, workers=None)
+        trainable = build_trainable(plan, spec, spec.config_class().model_dump(), Path("unused"), False)
+        # tune.with_parameters keeps the function it wraps as `trainable` in its closure
+        assert inspect.getclosurevars(trainable).nonlocals["trainable"] is expected
+    pickled = ray.cloudpickle.dumps(trials.inline_trial)
+    probe = ("import pickle, sys; pickle.loads(sys.stdin.buffer.read()); "
              "print(sorted(m for m in ('torch', 'trainers', 'distributed.tune', 'distributed.worker') if m in sys.modules))")
-    imported = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parents[1]).stdout.strip().splitlines()[-1]
-    assert imported == "[]"
+    done = subprocess.run([sys.executable, "-c", probe], input=pickled, capture_output=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().strip().splitlines()[-1] == "[]"
