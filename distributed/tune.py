@@ -203,13 +203,14 @@ CALLBACKS_ENV = "RAY_TUNE_CALLBACKS"
 
 @contextmanager
 def search_callbacks(progress: dict[str, Any] | None):
-    """While a search runs: Tune's CSV and JSON loggers and, given its settings (name, total,
-    metric, mode), the one-line progress, handed to Tune through its environment variable after
-    any callbacks a user named there; the environment as it was afterwards, so that no later
-    search in this process inherits them."""
+    """While a search runs: Tune's CSV and JSON loggers, a Ctrl-C that waits for the checkpoints
+    being saved and, given its settings (name, total, metric, mode), the one-line progress, handed
+    to Tune through its environment variable after any callbacks a user named there; the
+    environment as it was afterwards, so that no later search in this process inherits them."""
+    from distributed.interrupt import GracefulInterrupt
     from distributed.progress import PROGRESS_ENV, EnvironmentSearchProgress
 
-    classes = [*RESULT_LOGGERS, *([EnvironmentSearchProgress] if progress else [])]
+    classes = [*RESULT_LOGGERS, GracefulInterrupt, *([EnvironmentSearchProgress] if progress else [])]
     users = [path for path in os.environ.get(CALLBACKS_ENV, "").split(",") if path.strip()]
     settings = {CALLBACKS_ENV: ",".join([*users, *(f"{c.__module__}.{c.__qualname__}" for c in classes)]),
                 PROGRESS_ENV: json.dumps(progress) if progress else None}

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+import ray.tune
 import torch
 
 import run
@@ -422,6 +423,43 @@ def test_interrupted_tune_driver_resumes_without_rerunning_finished_trials(ray_s
     for trial_id in set(before) - finished:  # the one cut short went on from its checkpoint
         new_rows = after[trial_id][len(before[trial_id]):]
         assert new_rows and new_rows[0]["training_iteration"] > 1, trial_id
+
+
+class InterruptAtTheFirstFinalReport(ray.tune.Callback):
+    """A user's Tune callback (by its class path) that presses Ctrl-C in the search's own driver
+    at the worst moment: just after Tune has processed a trial's final report (its result file
+    then says done), before that report's checkpoint has been saved."""
+
+    sent = False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("done") and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.ray
+def test_a_ctrl_c_just_after_a_trials_final_report_does_not_run_that_trial_again(ray_session, tmp_path,
+                                                                                monkeypatch):
+    experiment = tmp_path / "cut"
+    args = ["--algorithm", "mopie", "--num-samples", "3", "--scheduler", "fifo", "--max-concurrent", "1",
+            "--storage", str(tmp_path), "--name", experiment.name,
+            *[item for setting in ("image_size=64", "obj_size=32", "n_samples=25", "sample_diameter=12",
+                                   "max_iterations=3", "patience=0") for item in ("--set", setting)]]
+    monkeypatch.setenv("RAY_TUNE_CALLBACKS", f"{__name__}.InterruptAtTheFirstFinalReport")
+    assert tune.main(args) == 130
+    before = trial_results(experiment)
+    finished = {trial for trial, rows in before.items() if rows[-1].get("done")}
+    assert len(finished) == 1
+    # what --resume reads agrees with the result files: the trial is recorded as finished
+    assert finished <= terminated_trials(experiment)
+
+    monkeypatch.delenv("RAY_TUNE_CALLBACKS")
+    assert tune.main([*args, "--resume"]) == 0
+    after = trial_results(experiment)
+    assert len(after) == 3
+    for trial in finished:
+        assert after[trial] == before[trial], "a finished trial ran again"
 
 
 def test_an_interrupted_search_is_counted_as_unfinished():

@@ -91,6 +91,7 @@ def test_a_search_hands_its_callbacks_to_tune_only_while_it_runs(monkeypatch):
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.utils.callback import _initialize_env_callbacks
 
+    from distributed.interrupt import GracefulInterrupt
     from distributed.progress import PROGRESS_ENV, EnvironmentSearchProgress
     from distributed.tune import CALLBACKS_ENV, search_callbacks
 
@@ -100,11 +101,11 @@ def test_a_search_hands_its_callbacks_to_tune_only_while_it_runs(monkeypatch):
     with search_callbacks(settings):
         made = _initialize_env_callbacks()
     assert [type(c) for c in made] == [CSVLoggerCallback, CSVLoggerCallback, JsonLoggerCallback,
-                                       EnvironmentSearchProgress]
+                                       GracefulInterrupt, EnvironmentSearchProgress]
     progress = made[-1]
     assert (progress.name, progress.total, progress.metric, progress.mode) == ("search", 7, "val_loss", "min")
     with pytest.raises(RuntimeError), search_callbacks(None):
-        assert len(_initialize_env_callbacks()) == 3  # --verbose: the loggers, no progress line
+        assert len(_initialize_env_callbacks()) == 4  # --verbose: no progress line
         raise RuntimeError("the search failed")
     import os
 
