@@ -103,6 +103,13 @@ def summary(values: list[float]) -> dict:
             "p90": round(values[(9 * len(values)) // 10], 4), "n": len(values)}
 
 
+def search_options(args, storage: Path, name: str, trials: int) -> list[str]:
+    """tune.py's options for every search here: FIFO, the tiny budget, no early stop, the --set pairs."""
+    return ["--algorithm", args.algorithm, "--num-samples", str(trials), "--scheduler", "fifo",
+            "--storage", str(storage), "--name", name, "--set", f"max_iterations={args.iterations}",
+            "--set", "patience=0", *[item for setting in args.set for item in ("--set", setting)]]
+
+
 def run_trainyard(args, storage: Path, name: str, extra: list[str]) -> tuple[dict, object]:
     import pandas as pd
 
@@ -111,10 +118,7 @@ def run_trainyard(args, storage: Path, name: str, extra: list[str]) -> tuple[dic
     sampler = MemorySampler()
     sampler.start()
     started, cpu_started = time.perf_counter(), time.process_time()
-    code = tune.main(["--algorithm", args.algorithm, "--num-samples", str(args.trials if not extra else 1),
-                      "--scheduler", "fifo", "--storage", str(storage), "--name", name,
-                      "--set", f"max_iterations={args.iterations}", "--set", "patience=0",
-                      *[item for setting in args.set for item in ("--set", setting)], *extra])
+    code = tune.main([*search_options(args, storage, name, args.trials if not extra else 1), *extra])
     wall, driver_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     memory = sampler.stop()
     table = pd.read_csv(storage / name / "trials.csv")
@@ -189,10 +193,7 @@ def result_files(experiment: Path) -> dict[str, float]:
 
 def command(args, storage: Path, name: str, *extra: str) -> list[str]:
     # tune.py starts its own Ray on every core: --cpus caps the trials at once instead
-    return [sys.executable, str(ROOT / "tune.py"), "--algorithm", args.algorithm, "--num-samples", str(args.trials),
-            "--scheduler", "fifo", "--storage", str(storage), "--name", name, "--set",
-            f"max_iterations={args.iterations}", "--set", "patience=0",
-            *[item for setting in args.set for item in ("--set", setting)],
+    return [sys.executable, str(ROOT / "tune.py"), *search_options(args, storage, name, args.trials),
             *(["--max-concurrent", str(args.cpus)] if args.cpus else []), *extra]
 
 
