@@ -454,7 +454,7 @@ def test_a_ctrl_c_just_after_a_trials_final_report_does_not_run_that_trial_again
     before = trial_results(experiment)
     finished = {trial for trial, rows in before.items() if rows[-1].get("done")}
     assert len(finished) == 1
-    # what --resume reads agrees with the result files: the trial is recorded as finished
+    # the search waited for that checkpoint's save: what --resume reads records the trial finished
     assert finished <= terminated_trials(experiment)
 
     monkeypatch.delenv("RAY_TUNE_CALLBACKS")
