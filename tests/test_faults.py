@@ -392,10 +392,13 @@ def test_interrupted_tune_driver_resumes_without_rerunning_finished_trials(ray_s
     experiment = tmp_path / "mopie_interrupted"
     args = ["--algorithm", "mopie", "--num-samples", str(samples), "--scheduler", "fifo", "--max-concurrent", "1",
             "--storage", str(tmp_path), "--set", f"max_iterations={iterations}", "--grid", "patience=[0]"]
-    # the driver joins the session's Ray: killing it ends its job, and Ray ends the job's trials
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1"}
-    # --verbose: Ray's per-trial lines tell when to interrupt (result.json files are written in
-    # batches): two trials finished and the third past its first checkpoint
+    # the driver joins the session's Ray: killing it ends its job, and Ray ends the job's trials;
+    # Tune's newer console, whatever an earlier search in this process left in the environment
+    # (tune.py without --verbose sets RAY_AIR_NEW_OUTPUT=0 in its own process)
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "PYTHONUNBUFFERED": "1",
+           "RAY_AIR_NEW_OUTPUT": "1"}
+    # --verbose: that console's per-trial lines tell when to interrupt (result.json files are
+    # written in batches): two trials finished and the third past its first checkpoint
     with child_process([sys.executable, "tune.py", *args, "--name", experiment.name, "--verbose"], log, env) as process:
         def cut_here() -> bool:
             text = log.read_text(errors="replace")
