@@ -157,6 +157,12 @@ def check_trial_count(trials: int) -> None:
                          f"the limit is {MAX_TRIALS:,}")
 
 
+def best_object_size(config, best) -> int | None:
+    """The object window (pixels) of the best trial's reconstruction, for an imaging algorithm."""
+    trial_config = config.model_copy(update={k: v for k, v in (best.config or {}).items() if k in type(config).model_fields})
+    return trial_config.object_size_px() if hasattr(trial_config, "object_size_px") else None
+
+
 def finish_mlflow_runs(mlflow: dict[str, str], grid) -> None:
     """Each trial's MLflow run gets its final checkpoint's path and its end state."""
     from distributed.results import trial_status
@@ -273,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         finish_mlflow_runs(mlflow, grid)
     best = best_result(grid, config.metric, config.mode)
     if best is not None:
-        outputs.update(copy_best_reconstruction(best, experiment_dir))
+        outputs.update(copy_best_reconstruction(best, experiment_dir, best_object_size(config, best)))
         print_best(best, config.metric, outputs, seconds, counts)
     if counts.get("UNFINISHED"):  # Ctrl-C: Tune saved its state and returned early
         return fail(f"search interrupted with {counts['UNFINISHED']} trial(s) unfinished; finish it with: "

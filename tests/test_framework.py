@@ -148,6 +148,27 @@ def test_exact_resume_from_checkpoint(tmp_path):
     assert resumed.final_metrics == straight.final_metrics
 
 
+def test_a_finished_runs_checkpoint_holds_its_best_state_once_and_resumes_finished(tmp_path):
+    """The final checkpoint: the model is the restored best state, so best_state is stored as the
+    same tensors (once in the file); loading it gives a finished run with the best weights."""
+    scripted = [5.0, 3.0, 2.0, 2.5, 2.6]
+    trainer, result, _ = run_line(tmp_path, max_iterations=5, scripted=scripted, checkpoint_every=1)
+    final = sorted((tmp_path / "checkpoints").glob("checkpoint_*"))[-1] / "state.pt"
+    state = load_checkpoint(final)["trainer"]
+    assert state["finished"] and result.best_iteration == 3
+    for key, tensor in state["model"].items():
+        assert state["best_state"][key].untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr()
+        assert torch.equal(tensor, trainer.best_state[key])
+    # an unfinished checkpoint keeps the two apart: the model moves on after its best
+    middle = load_checkpoint(tmp_path / "checkpoints" / "checkpoint_000004")["trainer"]
+    assert not middle["finished"] and not torch.equal(middle["model"]["weight"], middle["best_state"]["weight"])
+    again = LineTrainer(LineConfig(max_iterations=5, scripted=scripted, checkpoint_every=1),
+                        LocalContext("line", tmp_path))
+    again_result = again.fit()
+    assert again.finished and again_result.iterations == 5 and again_result.best_iteration == 3
+    assert torch.equal(again.model.weight.detach(), trainer.best_state["weight"])
+
+
 def test_schedulers():
     def lrs(name, **kwargs):
         model = torch.nn.Linear(1, 1)

@@ -304,14 +304,17 @@ class Trainer(abc.ABC):
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: weights, optimiser, schedule, counters, RNG."""
+        model = self.model_state()
         return {
             "iteration": self.iteration,
             "finished": self.finished,
-            "model": self.model_state(),
+            "model": model,
             "optimizer": self._lr_owner.state_dict() if self._lr_owner else {},
             "scheduler": self.scheduler.state_dict() if self.scheduler else {},
             "early_stopping": self.early_stopping.state_dict(),
-            "best_state": self.best_state or {},
+            # a finished run holds its best state in the model (restored by _finish): the same
+            # tensors, which torch.save writes once (a final checkpoint of half the size)
+            "best_state": model if self.finished and self.best_state else (self.best_state or {}),
             "best_metrics": dict(self.best_metrics),
             "history": list(self.history),
             "rng": rng_state(),
