@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trial-figures", choices=("auto", "on", "off"), default="auto",
                         help=f"each trial's own figures (learning curves, reconstructions): auto draws them in "
                              f"searches of up to {CURVES_UP_TO} trials, or as --set figures=... says; the trials' "
-                             f"data outputs and the search's own figures are written either way")
+                             f"data outputs (arrays, tables) and the search's own figures are written either way")
     args = parser.parse_args(argv)
     require_minimums(parser, [("--num-samples", args.num_samples, 1),
                               ("--workers-per-trial", args.workers_per_trial, 1),
