@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trial-figures", choices=("auto", "on", "off"), default="auto",
                         help=f"each trial's own figures (learning curves, reconstructions): auto draws them in "
                              f"searches of up to {CURVES_UP_TO} trials, or as --set figures=... says; the trials' "
-                             f"data outputs (arrays, tables) and the search's own figures are written either way")
+                             f"data outputs and the search's own figures are written either way")
     args = parser.parse_args(argv)
     require_minimums(parser, [("--num-samples", args.num_samples, 1),
                               ("--workers-per-trial", args.workers_per_trial, 1),
@@ -155,12 +155,6 @@ def check_trial_count(trials: int) -> None:
     if trials > MAX_TRIALS:
         raise ValueError(f"the search would run {trials:,} trials (--num-samples x the --grid combinations); "
                          f"the limit is {MAX_TRIALS:,}")
-
-
-def best_object_size(config, best) -> int | None:
-    """The object window (pixels) of the best trial's reconstruction, for an imaging algorithm."""
-    trial_config = config.model_copy(update={k: v for k, v in (best.config or {}).items() if k in type(config).model_fields})
-    return trial_config.object_size_px() if hasattr(trial_config, "object_size_px") else None
 
 
 def finish_mlflow_runs(mlflow: dict[str, str], grid) -> None:
@@ -279,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         finish_mlflow_runs(mlflow, grid)
     best = best_result(grid, config.metric, config.mode)
     if best is not None:
-        outputs.update(copy_best_reconstruction(best, experiment_dir, best_object_size(config, best)))
+        outputs.update(copy_best_reconstruction(best, experiment_dir))
         print_best(best, config.metric, outputs, seconds, counts)
     if counts.get("UNFINISHED"):  # Ctrl-C: Tune saved its state and returned early
         return fail(f"search interrupted with {counts['UNFINISHED']} trial(s) unfinished; finish it with: "

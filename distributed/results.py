@@ -231,11 +231,10 @@ def plot_curves(result_grid, metric: str, path: Path) -> Path:
     return path
 
 
-def copy_best_reconstruction(best, experiment_dir: Path, object_size: int | None = None) -> dict[str, Path]:
+def copy_best_reconstruction(best, experiment_dir: Path) -> dict[str, Path]:
     """The best trial's `reconstruction/` folder (written by algorithms that produce one),
     copied next to trials.csv: an inline trial writes it in its trial folder, a train trial in
-    its run under train_runs/. A trial that drew no figures wrote no PNGs: drawn here from its
-    arrays (the object window of `object_size` pixels)."""
+    its run under train_runs/."""
     import shutil
 
     trial_id = (best.metrics or {}).get("trial_id", "")
@@ -244,10 +243,6 @@ def copy_best_reconstruction(best, experiment_dir: Path, object_size: int | None
         if source.is_dir():
             target = experiment_dir / "best_reconstruction"
             shutil.copytree(source, target, dirs_exist_ok=True)
-            if object_size and not any(target.glob("*.png")):
-                from trainers.imaging.common import write_reconstruction_pictures
-
-                write_reconstruction_pictures(target, object_size)
             return {"best reconstruction": target}
     return {}
 

@@ -146,29 +146,12 @@ def test_figures_off_still_writes_the_reconstruction_and_draws_nothing(tmp_path)
     trainer.fit()
     assert np.allclose(np.load(tmp_path / "reconstruction" / "reconstruction.npy"), trainer.reconstruction().numpy())
     assert (tmp_path / "reconstruction" / "quality.csv").is_file()
+    # the 16-bit amplitude and phase images are the reconstruction as data, not figures
+    assert {"reconstruction_amplitude.png", "reconstruction_phase.png"} <= {
+        path.name for path in (tmp_path / "reconstruction").glob("*.png")}
     assert not list((tmp_path / "figures").glob("*.png"))
-    assert not list((tmp_path / "reconstruction").glob("*.png"))  # pictures are figures
     drawn = MopieTrainer(MopieConfig(**{**MOPIE, "max_iterations": 2, "patience": 0}),
                          LocalContext("mopie", tmp_path / "drawn"))
     drawn.fit()
     assert {"reconstruction.png", "coverage.png", "learning_curves.png"} <= {
         path.name for path in (tmp_path / "drawn" / "figures").glob("*.png")}
-
-
-def test_a_search_draws_the_pictures_its_best_trial_left_out(tmp_path):
-    """A large search's trials write their reconstructions as arrays only; the copy of the best
-    one next to the trials table gets the PNGs a trial with figures on writes, byte for byte."""
-    from ray.tune import Result
-
-    from distributed.results import copy_best_reconstruction
-
-    config = {**MOPIE, "max_iterations": 2, "patience": 0}
-    MopieTrainer(MopieConfig(**config, figures=False), LocalContext("mopie", tmp_path / "trial")).fit()
-    MopieTrainer(MopieConfig(**config), LocalContext("mopie", tmp_path / "drawn")).fit()
-    best = Result(metrics={"trial_id": "t"}, checkpoint=None, error=None, path=str(tmp_path / "trial"))
-    outputs = copy_best_reconstruction(best, tmp_path / "search", object_size=MOPIE["obj_size"])
-    target = outputs["best reconstruction"]
-    drawn = sorted(p.name for p in (tmp_path / "drawn" / "reconstruction").glob("*.png"))
-    assert len(drawn) == 4 and sorted(p.name for p in target.glob("*.png")) == drawn
-    for name in drawn:
-        assert (target / name).read_bytes() == (tmp_path / "drawn" / "reconstruction" / name).read_bytes()

@@ -36,8 +36,8 @@ class TrainerConfig(BaseModel):
     max_iterations: int = Field(50, ge=1, le=1_000_000)
     metric: str = Field("loss", min_length=1, description="metric key for early stopping, best state and checkpoint ranking")
     mode: Mode = "min"
-    figures: bool = Field(True, description="draw the run's figures at the end (learning curves, reconstructions "
-                                            "and their PNGs, Elo, samples); the data outputs are written either way")
+    figures: bool = Field(True, description="draw the run's figures at the end (learning curves, reconstructions, "
+                                            "Elo, samples); the data outputs are written either way")
     checkpoint_every: int = Field(5, ge=1, le=1_000_000,
                                   description="write a checkpoint every N iterations (and at the end)")
     checkpoint_at_best: bool = Field(True, description="also write a checkpoint at each new best of the metric, "

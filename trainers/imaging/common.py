@@ -7,7 +7,6 @@ from __future__ import annotations
 import abc
 import csv
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -66,30 +65,25 @@ class ImagingTrainer(Trainer):
         super().save_outputs()
         if self.context.output_dir is not None:
             write_reconstruction(Path(self.context.output_dir) / RECONSTRUCTION_DIR, self.reconstruction(),
-                                 getattr(self, "last_reconstruction", None), self.history, self.obj_size,
-                                 pictures=self.config.figures)
-
-
-RECONSTRUCTIONS = ("reconstruction", "reconstruction_last")  # the selected state, the last iterate
+                                 getattr(self, "last_reconstruction", None), self.history, self.obj_size)
 
 
 def write_reconstruction(folder: Path, best: torch.Tensor, last: torch.Tensor | None,
-                         history: list[dict[str, float]], obj_size: int, pictures: bool = True) -> list[Path]:
+                         history: list[dict[str, float]], obj_size: int) -> list[Path]:
     """reconstruction.npy (the selected state; complex64, the N x N grid), reconstruction_last.npy
-    (the last iterate), quality.csv (one row per iteration) and, with `pictures` (a run's
-    figures on), 16-bit PNGs of the amplitude and phase of the object window of each: a large
-    search's trials leave them out (about 1 ms a file), and the search draws its best trial's.
-    Returns the files written."""
+    (the last iterate), 16-bit PNGs of the amplitude and phase of the object window of each, and
+    quality.csv (one row per iteration). Returns the files written."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, field in zip(RECONSTRUCTIONS, (best, last)):
+    for name, field in (("reconstruction", best), ("reconstruction_last", last)):
         if field is None:
             continue
         array = field.detach().to(torch.complex64).cpu().numpy()
         np.save(folder / f"{name}.npy", array)
         written.append(folder / f"{name}.npy")
-        if pictures:
-            written += _pictures(array, folder / name, obj_size)
+        window = fw.crop_to_object(torch.from_numpy(array), obj_size).numpy()
+        written += [_png16(np.abs(window), folder / f"{name}_amplitude.png", 0.0, max(1.0, float(np.abs(window).max()))),
+                    _png16(np.angle(window), folder / f"{name}_phase.png", -math.pi, math.pi)]
     rows = [{key: row.get(key, "") for key in QUALITY_COLUMNS} for row in history]
     columns = [key for key in QUALITY_COLUMNS if any(row[key] != "" for row in rows)]
     with open(folder / "quality.csv", "w", newline="") as handle:
@@ -98,22 +92,6 @@ def write_reconstruction(folder: Path, best: torch.Tensor, last: torch.Tensor | 
         writer.writerows(rows)
     written.append(folder / "quality.csv")
     return written
-
-
-def write_reconstruction_pictures(folder: Path, obj_size: int) -> list[Path]:
-    """The PNGs of a reconstruction folder written without them, from its arrays."""
-    written = []
-    for name in RECONSTRUCTIONS:
-        if (folder / f"{name}.npy").is_file():
-            written += _pictures(np.load(folder / f"{name}.npy"), folder / name, obj_size)
-    return written
-
-
-def _pictures(array: np.ndarray, stem: Path, obj_size: int) -> list[Path]:
-    window = fw.crop_to_object(torch.from_numpy(array), obj_size).numpy()
-    amplitude = np.abs(window)
-    return [_png16(amplitude, stem.with_name(f"{stem.name}_amplitude.png"), 0.0, max(1.0, float(amplitude.max()))),
-            _png16(np.angle(window), stem.with_name(f"{stem.name}_phase.png"), -math.pi, math.pi)]
 
 
 def _png16(values: np.ndarray, path: Path, low: float, high: float) -> Path:
