@@ -8,7 +8,6 @@ RayTuneContext runs a one-worker trainer directly inside a Tune trial (no TorchT
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -163,14 +162,14 @@ class RayTuneContext(LoggingMixin):
         self.output_dir = Path(trial_dir) if trial_dir else None
         # the trial writes its own TensorBoard scalars (tune.py leaves out Tune's TensorBoard
         # logger, which writes every trial's from the driver, one after another), figures, W&B
-        if self.output_dir is not None and not os.environ.get("X_NO_TB"):
+        if self.output_dir is not None:
             self.logger = RunLogger(self.output_dir, config, ray.tune.get_context().get_trial_name(),
                                     use_wandb=use_wandb, echo=False, mlflow=mlflow)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         if self.logger is not None:
             self.logger.log_metrics(metrics)
-        if state is None or os.environ.get("X_NO_CKPT"):
+        if state is None:
             ray.tune.report(metrics)
             return
         _report_with_checkpoint(ray.tune.report, ray.tune.Checkpoint, metrics, state)
